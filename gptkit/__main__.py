@@ -1,0 +1,8 @@
+"""`python -m gptkit` (and `torchrun -m gptkit`) runs the command line."""
+
+import sys
+
+from gptkit.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The `gptkit` command line: parse, load the config, dispatch, turn user errors into exit 2.
+
+`gptkit <command> --help` describes each command. Config commands take `-c FILE.yaml` plus
+`section.key=value` overrides; model commands take a run, checkpoint or HF directory.
+Command modules are imported only when their command runs, so `--help` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gptkit import __version__
+from gptkit.errors import GptkitError
+
+# command -> (one-line help, module in gptkit.commands, needs a config file)
+COMMANDS = {
+    "prepare": ("tokenize text into memory-mapped token shards + meta.json", "prepare", True),
+    "pretrain": ("train a GPT from scratch on prepared shards", "pretrain", True),
+    "finetune": (
+        "fine-tune a backbone with an LM/classification/regression head",
+        "finetune",
+        True,
+    ),
+    "sample": ("generate text from a run, checkpoint or HF GPT-2 dir", "sample", False),
+    "eval": ("val loss, perplexity and bits-per-byte of a model", "evaluate", False),
+    "predict": ("run a fine-tuned classifier/regressor over rows of jsonl", "predict", False),
+    "export": ("write a model as a Hugging Face GPT-2 dir or bare safetensors", "export", False),
+    "plot": ("plot train/val loss curves of one or more runs", "plot", False),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptkit", description="From raw text to a trained, fine-tuned GPT and its samples."
+    )
+    parser.add_argument("--version", action="version", version=f"gptkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, _, needs_config) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if needs_config:
+            _add_config_args(p)
+        _ADD_ARGS.get(name, lambda p: None)(p)
+    return parser
+
+
+def _add_config_args(p):
+    p.add_argument("-c", "--config", metavar="FILE.yaml", help="run configuration (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _add_prepare_args(p):
+    p.add_argument("--force", action="store_true", help="overwrite a finished output folder")
+
+
+def _add_sample_args(p):
+    p.add_argument("path", help="run dir, checkpoint dir, or local HF GPT-2 dir")
+    p.add_argument("--prompt", help="text to continue ('-' reads stdin)")
+    p.add_argument("--prompt-file", help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--num-samples", type=int, help="samples generated together")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--json", action="store_true", help="one JSON object per sample")
+
+
+def _add_eval_args(p):
+    p.add_argument("path", help="run dir, checkpoint dir, or local HF GPT-2 dir")
+    p.add_argument("--data", help="prepared data dir (default: the run's data.dir)")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split to score")
+    p.add_argument("--max-batches", type=int, default=50, help="batches to average over")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_predict_args(p):
+    p.add_argument("path", help="fine-tuned run or checkpoint dir")
+    p.add_argument("--input", help="rows to predict (.jsonl; default stdin)")
+    p.add_argument("--output", help="where to write predictions (.jsonl; default stdout)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+
+
+def _add_export_args(p):
+    p.add_argument("path", help="run or checkpoint dir")
+    p.add_argument("--format", choices=["hf", "safetensors"], default="hf", help="output format")
+    p.add_argument("--out", required=True, help="output directory")
+
+
+def _add_plot_args(p):
+    p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
+    p.add_argument("--out", default="curves.png", help="PNG to write")
+
+
+_ADD_ARGS = {
+    "prepare": _add_prepare_args,
+    "sample": _add_sample_args,
+    "eval": _add_eval_args,
+    "predict": _add_predict_args,
+    "export": _add_export_args,
+    "plot": _add_plot_args,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args) or 0
+    except GptkitError as e:
+        print(f"gptkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gptkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int | None:
+    _, module_name, needs_config = COMMANDS[args.command]
+    if needs_config:
+        from gptkit.config import dump_yaml, load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_yaml(cfg), end="")
+            return 0
+        args.cfg = cfg
+    module = importlib.import_module(f"gptkit.commands.{module_name}")
+    return module.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

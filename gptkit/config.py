@@ -1,0 +1,501 @@
+"""The run configuration: typed dataclass sections, YAML + dotted overrides, strict validation.
+
+`load_config("configs/demo.yaml", ["train.lr=3e-4"])` -> `Config`. Unknown keys fail with the
+closest valid key, values are coerced to their declared type, `__post_init__` checks name the
+fields and the fix, and every problem is reported at once in one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from gptkit.errors import GptkitError
+from gptkit.model.gpt import GPTConfig
+
+
+class ConfigError(GptkitError):
+    """One or more problems in a config file or override."""
+
+
+@dataclass(kw_only=True, slots=True)
+class PrepareConfig:
+    source: str = "builtin:stdlib"
+    """text to tokenize: a file, folder or glob (.txt/.jsonl/.json/.csv/.parquet), hf:NAME, or builtin:NAME"""
+    tokenizer: str = "gpt2"
+    """gpt2 | r50k_base | p50k_base | cl100k_base | o200k_base | char | byte"""
+    out_dir: str = "data/demo"
+    """folder for the token shards and meta.json"""
+    val_fraction: float = 0.01
+    """fraction of documents sent to the validation split (whole documents, seeded)"""
+    workers: int = 0
+    """tokenizer worker processes; 0 = all cores"""
+    shard_tokens: int = 100_000_000
+    """most tokens in one shard file"""
+    text_field: str = "text"
+    """column holding the text in .jsonl/.csv/.parquet and hf: sources"""
+    hf_config: str | None = None
+    """hf: dataset configuration name (e.g. sample-10BT)"""
+    hf_split: str = "train"
+    """hf: dataset split to read"""
+    max_documents: int | None = None
+    """stop after this many documents (null = all)"""
+    seed: int = 1337
+    """seed of the train/val document split"""
+
+    def __post_init__(self):
+        problems = []
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"`prepare.val_fraction` must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0:
+            problems.append(f"`prepare.workers` must be >= 0 (0 = all cores), got {self.workers}")
+        if self.shard_tokens < 1:
+            problems.append(f"`prepare.shard_tokens` must be >= 1, got {self.shard_tokens}")
+        _raise_all(problems)
+
+
+@dataclass(kw_only=True, slots=True)
+class DataConfig:
+    dir: str = "data/demo"
+    """folder written by `gptkit prepare` (shards + meta.json)"""
+    sampling: Literal["random", "sequential"] = "random"
+    """training windows: random offsets (nanoGPT) or one sequential pass per epoch"""
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    out_dir: str = "runs/demo"
+    """run folder: checkpoints, config.yaml, metrics.jsonl"""
+    batch_size: int = 16
+    """sequences per micro-batch on each rank"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step on each rank"""
+    max_steps: int = 1000
+    """optimizer steps to train for"""
+    max_tokens: int | None = None
+    """token budget instead of max_steps (null = use max_steps)"""
+    lr: float = 1.0e-3
+    """peak learning rate"""
+    min_lr: float = 1.0e-4
+    """learning rate at the end of the decay"""
+    warmup_steps: int = 100
+    """linear warmup steps"""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """learning-rate shape after warmup (wsd = warmup-stable-decay)"""
+    decay_fraction: float = 0.2
+    """wsd only: fraction of steps spent in the final linear decay"""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to matrices and embeddings only"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.95
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this (0 = off)"""
+    eval_interval: int = 200
+    """evaluate every this many steps (0 = only at the end)"""
+    eval_steps: int = 20
+    """validation batches per evaluation (the same batches every time)"""
+    log_interval: int = 10
+    """log a line every this many steps"""
+    ckpt_interval: int = 500
+    """checkpoint every this many steps (0 = only at the end)"""
+    keep_last: int = 3
+    """checkpoints kept (the best by val loss is kept as well)"""
+    seed: int = 1337
+    """seed for weights, data order and dropout"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps"""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """autocast precision; auto = bf16 where it is fast, fp16 + GradScaler on old GPUs, else fp32"""
+    compile: bool = False
+    """torch.compile the model"""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """multi-process strategy under torchrun"""
+    resume: str = "auto"
+    """auto (continue out_dir if it has a checkpoint) | never | PATH to a checkpoint"""
+    max_bad_steps: int = 5
+    """stop after this many non-finite steps in a row"""
+    peak_flops: float | None = None
+    """peak FLOP/s for MFU (null = look up the GPU, or measure on CPU)"""
+
+    def __post_init__(self):
+        problems = []
+        for name in ("batch_size", "grad_accum", "max_steps", "log_interval", "keep_last"):
+            if getattr(self, name) < 1:
+                problems.append(f"`train.{name}` must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_interval", "eval_steps", "ckpt_interval"):
+            if getattr(self, name) < 0:
+                problems.append(f"`train.{name}` must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"`train.lr` must be > 0, got {self.lr}")
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            problems.append(
+                f"`train.min_lr` ({self.min_lr}) must be in [0, `train.lr` ({self.lr})]; "
+                "lower min_lr or raise lr"
+            )
+        if self.warmup_steps > self.max_steps:
+            problems.append(
+                f"`train.warmup_steps` ({self.warmup_steps}) is longer than `train.max_steps` "
+                f"({self.max_steps}); shorten the warmup or train longer"
+            )
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            problems.append("`train.grad_clip` and `train.weight_decay` must be >= 0")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            problems.append(f"`train.decay_fraction` must be in (0, 1], got {self.decay_fraction}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            problems.append(f"`train.max_tokens` must be >= 1, got {self.max_tokens}")
+        _raise_all(problems)
+
+
+@dataclass(kw_only=True, slots=True)
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank; 0 = full fine-tune (no adapters)"""
+    alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / rank)"""
+    dropout: float = 0.0
+    """dropout on the adapter input"""
+    targets: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    """names of the Linear layers that get adapters"""
+
+    def __post_init__(self):
+        problems = []
+        if self.rank < 0:
+            problems.append(f"`finetune.lora.rank` must be >= 0, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"`finetune.lora.dropout` must be in [0, 1), got {self.dropout}")
+        _raise_all(problems)
+
+
+@dataclass(kw_only=True, slots=True)
+class FinetuneConfig:
+    init_from: str = "runs/demo"
+    """backbone: a gptkit run or checkpoint dir, or a local Hugging Face GPT-2 dir"""
+    head: str = "classification"
+    """lm | classification | regression | token_classification"""
+    train_file: str | None = None
+    """labelled training data: .jsonl/.csv/.parquet or hf:NAME"""
+    val_file: str | None = None
+    """labelled validation data (null = a seeded split of train_file)"""
+    val_fraction: float = 0.1
+    """fraction of train_file held out when val_file is null"""
+    text_field: str = "text"
+    """input text column (lm head: plain text for continued pretraining)"""
+    label_field: str = "label"
+    """label column: class name/id, number(s), or per-token labels"""
+    prompt_field: str | None = None
+    """lm head SFT: prompt column (loss only on the completion)"""
+    completion_field: str = "completion"
+    """lm head SFT: completion column"""
+    tokens_field: str = "tokens"
+    """token_classification: column holding the list of words"""
+    num_labels: int | None = None
+    """classes (null = inferred from the training labels)"""
+    num_targets: int = 1
+    """regression outputs"""
+    pooling: Literal["last", "mean"] = "last"
+    """sequence pooling for classification/regression"""
+    freeze: str = "none"
+    """none | backbone | first_n_layers:N"""
+    head_lr: float | None = None
+    """learning rate of the head (null = train.lr)"""
+    early_stopping: int = 0
+    """stop after this many evaluations without a better val metric (0 = off)"""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters"""
+
+    def __post_init__(self):
+        problems = []
+        if not (self.freeze in ("none", "backbone") or self.freeze.startswith("first_n_layers:")):
+            problems.append(
+                f"`finetune.freeze` must be none, backbone or first_n_layers:N, got {self.freeze!r}"
+            )
+        if self.num_labels is not None and self.num_labels < 2:
+            problems.append(f"`finetune.num_labels` must be >= 2, got {self.num_labels}")
+        if self.lora.rank > 0 and self.freeze != "none":
+            problems.append(
+                "Can't set both `finetune.lora.rank` and `finetune.freeze`: LoRA already freezes "
+                "the backbone; set freeze: none"
+            )
+        _raise_all(problems)
+
+
+@dataclass(kw_only=True, slots=True)
+class SampleConfig:
+    prompt: str = ""
+    """text to continue ("" = start from end-of-text)"""
+    max_new_tokens: int = 200
+    """tokens to generate per sample"""
+    temperature: float = 0.8
+    """softmax temperature; 0 = greedy"""
+    top_k: int | None = None
+    """keep only the k most likely tokens"""
+    top_p: float | None = None
+    """nucleus sampling: smallest set of tokens with probability >= p"""
+    repetition_penalty: float = 1.0
+    """divide logits of already-seen tokens by this (> 1 discourages repeats)"""
+    num_samples: int = 1
+    """samples generated together in one batch"""
+    seed: int = 1337
+    """random seed (same seed, same text)"""
+    stop: list[str] = field(default_factory=list)
+    """strings that end a sample (end-of-text always does)"""
+
+    def __post_init__(self):
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            problems.append(f"`temperature` must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            problems.append(f"`top_p` must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"`top_k` must be >= 1, got {self.top_k}")
+        if self.num_samples < 1:
+            problems.append(f"`num_samples` must be >= 1, got {self.num_samples}")
+        if self.repetition_penalty <= 0:
+            problems.append(f"`repetition_penalty` must be > 0, got {self.repetition_penalty}")
+        _raise_all(problems)
+
+
+@dataclass(kw_only=True, slots=True)
+class WandbConfig:
+    enabled: bool = False
+    """log to Weights & Biases"""
+    project: str = "gptkit"
+    """wandb project"""
+    run_name: str | None = None
+    """wandb run name (null = the run folder's name)"""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """online needs a login; offline writes ./wandb for a later `wandb sync`"""
+
+
+@dataclass(kw_only=True, slots=True)
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases sink"""
+
+
+@dataclass(kw_only=True, slots=True)
+class Config:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    """model shape"""
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    """`gptkit prepare`: text -> token shards"""
+    data: DataConfig = field(default_factory=DataConfig)
+    """pretraining data"""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """optimisation, evaluation, checkpoints, hardware"""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """`gptkit finetune`: backbone, head, labelled data"""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """`gptkit sample` defaults"""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """metric sinks"""
+
+
+def _raise_all(problems: list[str]):
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (optional) and `section.key=value` overrides into a validated Config."""
+    raw, where = {}, "the command line"
+    if path is not None:
+        raw, where = _read_yaml(Path(path)), str(path)
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r} is not section.key=value (e.g. train.lr=3e-4)")
+            continue
+        _set_dotted(raw, key.strip().split("."), _parse_scalar(value), item, problems)
+    cfg = build(Config, raw, "", problems, where)
+    if len(problems) == 1:
+        p = problems[0]
+        raise ConfigError(p if where in p else f"{p} (in {where})")
+    if problems:
+        listing = "\n  ".join(problems)
+        raise ConfigError(f"{len(problems)} problems in {where}:\n  {listing}")
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing file with -c")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{at} is not valid YAML ({reason}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (model:, train:, ...)")
+    return data
+
+
+def _parse_scalar(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, keys: list[str], value, item: str, problems: list[str]):
+    node = raw
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            problems.append(f"override {item!r}: {k} is not a section")
+            return
+        node = child
+    node[keys[-1]] = value
+
+
+def build(cls, raw, prefix: str, problems: list[str], where: str):
+    """Build dataclass `cls` from a dict, appending every problem found to `problems`."""
+    if not isinstance(raw, dict):
+        problems.append(f"`{prefix.rstrip('.')}` must be a mapping, got {raw!r}")
+        raw = {}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            problems.append(_unknown(f"{prefix}{key}", key, names, prefix, where))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build(
+                tp, value if value is not None else {}, f"{prefix}{key}.", problems, where
+            )
+            continue
+        try:
+            kwargs[key] = coerce(value, tp)
+        except ValueError as e:
+            problems.append(f"`{prefix}{key}`: {e}")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        problems.extend(str(e).splitlines())
+        return cls()
+
+
+def _unknown(full: str, key: str, names: list[str], prefix: str, where: str) -> str:
+    key = str(key)
+    close = [n for n in names if key.startswith(n + "_") or n.startswith(key)]
+    close = close or difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid: {', '.join(names)}"
+    return f"unknown key '{full}' in {where}{hint}"
+
+
+def coerce(value, tp):
+    """Convert a YAML value to declared type `tp`, or raise ValueError saying what was expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [coerce(v, args[0]) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(str(value).replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+        if not f.is_integer():
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ValueError(f"expected a string, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unsupported config type {tp}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and documenting
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict of a config (for YAML, JSON and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg) -> str:
+    """The resolved config as YAML, sections in declaration order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def field_docs(cls=Config, prefix: str = "") -> list[tuple[str, str, object, str]]:
+    """(dotted key, type, default, one-line doc) for every leaf field, from the docstrings."""
+    docs = _docstrings(cls)
+    hints = typing.get_type_hints(cls)
+    rows = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += field_docs(tp, f"{prefix}{f.name}.")
+        else:
+            name = _type_name(tp)
+            rows.append((f"{prefix}{f.name}", name, getattr(default, f.name), docs.get(f.name, "")))
+    return rows
+
+
+def _type_name(tp) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _docstrings(cls) -> dict[str, str]:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = nxt.value.value.strip()
+    return docs
