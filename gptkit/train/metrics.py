@@ -1,0 +1,129 @@
+"""Metric sinks: console line + tqdm bar, RUN_DIR/metrics.jsonl, and wandb when enabled.
+
+Only rank 0 builds a `Metrics`; other ranks get one with `enabled=False`. Also the throughput
+arithmetic: tokens/s and MFU (achieved model FLOP/s over the hardware's peak).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+# Dense bf16 peak FLOP/s by GPU name fragment (no sparsity); first match wins.
+PEAK_FLOPS = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("A10G", 125e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+]
+
+
+def peak_flops(device, configured: float | None) -> float | None:
+    """The configured peak, else the table's entry for this GPU, else None (MFU not shown)."""
+    if configured:
+        return configured
+    if device.type == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+        for fragment, flops in PEAK_FLOPS:
+            if fragment in name:
+                return flops
+    return None
+
+
+class Metrics:
+    """Writes one record per log step to every enabled sink."""
+
+    def __init__(self, run_dir, *, total_steps: int, start_step: int, enabled: bool, wandb_cfg=None,
+                 config: dict | None = None):  # fmt: skip
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.file = self.bar = self.wandb = None
+        if not enabled:
+            return
+        self.file = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                        dynamic_ncols=True, leave=False, disable=None)  # fmt: skip
+        if wandb_cfg is not None and wandb_cfg.enabled:
+            self.wandb = _start_wandb(wandb_cfg, run_dir, config)
+        self._t_start = time.time()
+        self._start_step = start_step
+
+    def log(self, record: dict, *, console: bool = True):
+        """Append a record (JSON line, wandb) and print its console line."""
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        if console:
+            tqdm.write(self._line(record), file=sys.stdout)
+
+    def advance(self, n: int = 1):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def _line(self, r: dict) -> str:
+        if "loss" not in r:  # an eval-only record
+            parts = [f"step {r['step']:>6}"]
+            parts += [f"{k} {v:.4f}" for k, v in r.items() if k != "step" and isinstance(v, float)]
+            return " | ".join(parts)
+        done = r["step"] - self._start_step
+        eta = (time.time() - self._t_start) / max(done, 1) * (self.total_steps - r["step"])
+        parts = [
+            f"step {r['step']:>6}/{self.total_steps}",
+            f"loss {r['loss']:.4f}",
+            f"lr {r['lr']:.2e}",
+            f"gnorm {r['grad_norm']:.2f}",
+            f"{r['tokens_per_s']:,.0f} tok/s",
+            f"{r['ms_per_step']:.0f} ms/step",
+        ]
+        if r.get("mfu") is not None:
+            parts.append(f"mfu {100 * r['mfu']:.1f}%")
+        if "val_loss" in r:
+            parts.append(f"val {r['val_loss']:.4f}")
+        parts.append(f"eta {_fmt_time(eta)}")
+        return " | ".join(parts)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _start_wandb(cfg, run_dir, config):
+    import wandb  # imported only when enabled
+
+    return wandb.init(
+        project=cfg.project,
+        name=cfg.run_name or Path(run_dir).name,
+        mode=cfg.mode,
+        dir=str(run_dir),
+        config=config,
+        resume="allow",
+    )
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

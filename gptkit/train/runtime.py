@@ -1,0 +1,166 @@
+"""Where and how a run executes: device, precision, torchrun/DDP/FSDP set-up and tear-down.
+
+The only module that touches `torch.distributed`. `setup(cfg.train)` reads torchrun's
+RANK / WORLD_SIZE / LOCAL_RANK, `parallelize(model, rt, cfg)` wraps a plain model from outside,
+`cleanup(rt)` destroys the process group. Multi-node is torchrun's own `--nnodes`/rendezvous.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from gptkit.errors import GptkitError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(kw_only=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype  # autocast precision; float32 = no autocast
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto -> cuda > mps > cpu; explicit names are checked for availability."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GptkitError(f"device {name!r} asked for but CUDA is not available; use device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GptkitError("device 'mps' asked for but MPS is not available; use device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GptkitError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto -> bf16 where the hardware runs it fast, fp16 on pre-Ampere CUDA, else fp32."""
+    if name != "auto":
+        if name == "float16" and device.type == "cpu":
+            raise GptkitError("dtype float16 is very slow on CPU; use bfloat16 or float32")
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 / AMX CPUs run bf16 matmuls ~2x faster than fp32 (see scripts/bench_train.py)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
+    """Pick device and precision; join the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if world_size > 1:
+        if dev.type == "cuda":
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rt = Runtime(device=dev, dtype=resolve_dtype(dtype, dev), rank=rank, local_rank=local_rank)
+    rt.world_size = world_size
+    return rt
+
+
+def cleanup(rt: Runtime):
+    """Leave the process group (if any)."""
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def autocast(rt: Runtime):
+    """Mixed-precision context for forward passes (no-op in fp32)."""
+    if rt.dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=rt.device.type, dtype=rt.dtype)
+
+
+def parallelize(model: torch.nn.Module, rt: Runtime, *, strategy: str, compile: bool):
+    """Wrap a plain model for training: FSDP2/DDP under torchrun, then torch.compile."""
+    if rt.distributed and strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+    elif rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [rt.local_rank] if rt.device.type == "cuda" else None
+        model = DDP(model, device_ids=ids)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def no_sync(model, rt: Runtime, *, last_micro_step: bool):
+    """Skip the gradient all-reduce on accumulation micro-steps that are not the last."""
+    if not rt.distributed or last_micro_step:
+        return contextlib.nullcontext()
+    inner = getattr(model, "_orig_mod", model)  # through torch.compile
+    if hasattr(inner, "no_sync"):  # DDP
+        return inner.no_sync()
+    return contextlib.nullcontext()  # FSDP2 reduce-scatters every micro-step
+
+
+def all_reduce_mean(value: float, rt: Runtime) -> float:
+    """Mean of a Python float over ranks."""
+    if not rt.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.item() / rt.world_size
+
+
+def any_rank(flag: bool, rt: Runtime) -> bool:
+    """True on every rank if it is True on any rank (so all ranks stop together)."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(rt: Runtime):
+    if rt.distributed:
+        dist.barrier()
+
+
+def print0(*args, rt: Runtime | None = None, **kwargs):
+    """print on rank 0 only."""
+    if rt is None or rt.is_main:
+        print(*args, **kwargs, flush=True)
