@@ -12,7 +12,7 @@ ALLOWED = {
     "gptkit.data.tokenizer": (),
     "gptkit.data.shards": (),
     "gptkit.config": ("gptkit.model.gpt",),
-    "gptkit.data": ("gptkit.data", "gptkit.config"),
+    "gptkit.data": ("gptkit.data", "gptkit.config", "gptkit"),
     "gptkit.train": ("gptkit.train", "gptkit.model", "gptkit.data", "gptkit.config", "gptkit"),
     "gptkit.commands": (
         "gptkit.commands",

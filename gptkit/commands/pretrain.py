@@ -35,6 +35,7 @@ def pretrain(cfg: Config) -> dict:
 def _pretrain(cfg: Config, rt) -> dict:
     data_meta = read_meta(cfg.data.dir)
     cfg = resolve_vocab(cfg, data_meta)
+    check_data(cfg, data_meta)
     run_dir = Path(cfg.train.out_dir)
     ckpt = resume_checkpoint(cfg, run_dir, data_meta["tokenizer"])
     seed_everything(cfg.train.seed)
@@ -80,6 +81,17 @@ def lm_task(cfg: Config, rt, model) -> Task:
 def _split_tokens(data_dir, split: str) -> int:
     meta = read_meta(data_dir)
     return sum(s["tokens"] for s in meta["splits"].get(split, {}).get("shards", []))
+
+
+def check_data(cfg: Config, data_meta: dict):
+    """Fail before any work when the data cannot feed this model."""
+    tokens = _split_tokens(cfg.data.dir, "train")
+    if tokens <= cfg.model.block_size:
+        raise GptkitError(
+            f"{cfg.data.dir} has {tokens:,} train tokens, not enough for one window of "
+            f"model.block_size={cfg.model.block_size} + 1; lower model.block_size or prepare "
+            "more data"
+        )
 
 
 def resolve_vocab(cfg: Config, data_meta: dict) -> Config:

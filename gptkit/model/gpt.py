@@ -94,9 +94,11 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.k[layer][:B, :, : start + T], cache.v[layer][:B, :, : start + T]
             if start > 0 and mask is None:
                 # SDPA's is_causal aligns top-left when q_len != k_len: build the bottom-right mask.
-                q_pos = torch.arange(start, start + T, device=x.device)[:, None]
-                mask = q_pos >= torch.arange(start + T, device=x.device)[None, :]
+                # One new token may see every cached key: no mask (~2x faster SDPA when decoding).
                 is_causal = False
+                if T > 1:
+                    q_pos = torch.arange(start, start + T, device=x.device)[:, None]
+                    mask = q_pos >= torch.arange(start + T, device=x.device)[None, :]
         dropout_p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal

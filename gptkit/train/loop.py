@@ -78,7 +78,6 @@ def fit(model, optimizer, task: Task, *, cfg: TrainConfig, rt, run_dir, meta: di
             if st.step % cfg.log_interval == 0 or done:
                 dt = (time.time() - t_log) / steps_since_log
                 record = _train_record(st, loss, lr, norm, ntok, dt, task, peak)
-                t_log, steps_since_log = time.time(), 0
             if (cfg.eval_interval and st.step % cfg.eval_interval == 0) or done:
                 val = _evaluate(model, task, st, metrics, log=False)
                 record = {**(record or {"step": st.step}), **val}
@@ -94,6 +93,8 @@ def fit(model, optimizer, task: Task, *, cfg: TrainConfig, rt, run_dir, meta: di
                 _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta)
             if stopping:
                 break
+            if record is not None:  # eval and checkpoint time stay out of ms/step
+                t_log, steps_since_log = time.time(), 0
     metrics.close()
     return last
 

@@ -1,0 +1,199 @@
+"""Token shard files and the prepared-data folder: atomic writes, validated memmap reads.
+
+A shard is a header of 256 little-endian int32 (magic, version, token count, zeros) followed by
+the tokens: uint16 (magic 20240520, version 1) or uint32 (20240801, version 7), as llm.c and
+modded-nanogpt write them. Headerless nanoGPT `train.bin`/`val.bin` (uint16) are read too.
+`read_meta` validates the folder's meta.json (written by gptkit.data.prepare). Imports only errors.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gptkit.errors import GptkitError
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+# dtype -> (magic, version) of llm.c's shard format
+FORMATS = {np.dtype(np.uint16): (20240520, 1), np.dtype(np.uint32): (20240801, 7)}
+MAGICS = {magic: (version, dtype) for dtype, (magic, version) in FORMATS.items()}
+META_NAME = "meta.json"
+META_FORMAT_VERSION = 1
+NANOGPT_NAMES = ("train.bin", "val.bin")
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits in it (GPT-2), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def header(count: int, dtype) -> bytes:
+    """The 1024-byte header of a shard holding `count` tokens of `dtype`."""
+    magic, version = FORMATS[np.dtype(dtype)]
+    head = np.zeros(HEADER_INTS, dtype="<i4")
+    head[:3] = (magic, version, count)
+    return head.tobytes()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Writes `{prefix}_000000.bin, ...` of at most `shard_tokens` tokens each, atomically.
+
+    Tokens go to a hidden temp file whose header stays zero (no valid magic) until the shard is
+    full or `close()` runs; then header, fsync and `os.replace` to the final name.
+    """
+
+    def __init__(self, out_dir: str | Path, prefix: str, *, shard_tokens: int, dtype):
+        self.out_dir, self.prefix = Path(out_dir), prefix
+        self.shard_tokens, self.dtype = shard_tokens, np.dtype(dtype)
+        self.shards: list[dict] = []  # finished: {"file", "tokens", "bytes", "sha256"}
+        self._file, self._tmp, self._count = None, None, 0
+
+    def write(self, tokens: np.ndarray):
+        """Append tokens, starting a new shard whenever the current one is full."""
+        tokens = np.asarray(tokens)
+        assert tokens.size == 0 or int(tokens.max()) <= np.iinfo(self.dtype).max, "id too large"
+        while tokens.size:
+            if self._file is None:
+                self._open()
+            room = self.shard_tokens - self._count
+            part, tokens = tokens[:room], tokens[room:]
+            self._file.write(part.astype(self.dtype, copy=False).tobytes())
+            self._count += part.size
+            if self._count == self.shard_tokens:
+                self._finish()
+
+    def close(self) -> list[dict]:
+        """Finish the last shard; returns every shard's file name, tokens, bytes and sha256."""
+        if self._file is not None:
+            self._finish()
+        return self.shards
+
+    def abort(self):
+        """Drop the unfinished shard (finished shards stay)."""
+        if self._file is not None:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.abort() if exc_type else self.close()
+
+    def _open(self):
+        name = f"{self.prefix}_{len(self.shards):06d}.bin"
+        self._tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
+        self._file = open(self._tmp, "wb")
+        self._file.write(bytes(HEADER_BYTES))  # zero magic: never looks complete
+        self._count = 0
+
+    def _finish(self):
+        f, final = self._file, self.out_dir / f"{self.prefix}_{len(self.shards):06d}.bin"
+        f.seek(0)
+        f.write(header(self._count, self.dtype))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(self._tmp, final)
+        self._file = None
+        info = {"file": final.name, "tokens": self._count, "bytes": final.stat().st_size}
+        self.shards.append({**info, "sha256": file_sha256(final)})
+
+
+def read_shard(path: str | Path) -> np.ndarray:
+    """The tokens of a shard as a read-only memmap, after checking magic, version and size."""
+    path = Path(path)
+    if not path.is_file():
+        raise GptkitError(f"token shard {path} not found; run 'gptkit prepare' again")
+    size = path.stat().st_size
+    head = np.fromfile(path, dtype="<i4", count=3) if size >= 12 else np.zeros(3, "<i4")
+    magic, version, count = (int(v) for v in head)
+    if magic not in MAGICS:
+        if path.name in NANOGPT_NAMES and size % 2 == 0 and size > 0:
+            return np.memmap(path, dtype=np.uint16, mode="r")  # headerless nanoGPT file
+        raise GptkitError(
+            f"{path} is not a token shard (magic {magic}, expected 20240520 or 20240801): it is "
+            "corrupt or unfinished; delete the folder and run 'gptkit prepare' again"
+        )
+    want_version, dtype = MAGICS[magic]
+    if version != want_version:
+        raise GptkitError(
+            f"{path} has shard version {version}, expected {want_version} for magic {magic}; "
+            "it was written by an unknown tool, prepare the data again"
+        )
+    want = HEADER_BYTES + count * dtype.itemsize
+    if count < 0 or size != want:
+        raise GptkitError(
+            f"{path} is {size} bytes but its header promises {count} tokens ({want} bytes): it "
+            "is truncated or corrupt; delete the folder and run 'gptkit prepare' again"
+        )
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    """meta.json of a prepared-data folder, checked (format version, shard files present)."""
+    data_dir = Path(data_dir)
+    path = data_dir / META_NAME
+    if not path.is_file():
+        raise GptkitError(
+            f"no prepared data in {data_dir} (expected {META_NAME}); "
+            "run 'gptkit prepare -c CONFIG' first"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GptkitError(f"{path} is not valid JSON ({e}); run 'gptkit prepare' again") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != META_FORMAT_VERSION:
+        raise GptkitError(
+            f"{path} has format_version {version}, this gptkit reads {META_FORMAT_VERSION}; "
+            "prepare the data again with this gptkit"
+        )
+    for split, info in meta["splits"].items():
+        for shard in info["shards"]:
+            f = data_dir / shard["file"]
+            if not f.is_file() or f.stat().st_size != shard["bytes"]:
+                raise GptkitError(
+                    f"{split} shard {f} is missing or not {shard['bytes']} bytes as {path} says; "
+                    "the folder is damaged, run 'gptkit prepare --force' again"
+                )
+    return meta
+
+
+def split_files(data_dir: str | Path, split: str) -> list[Path]:
+    """Shard files of `split`: from meta.json, else llm.c names (*{split}_*.bin) or {split}.bin."""
+    data_dir = Path(data_dir)
+    if (data_dir / META_NAME).is_file():
+        return [data_dir / s["file"] for s in read_meta(data_dir)["splits"][split]["shards"]]
+    if not data_dir.is_dir():
+        raise GptkitError(
+            f"no prepared data in {data_dir} (expected {META_NAME}); "
+            "run 'gptkit prepare -c CONFIG' first"
+        )
+    found = sorted(glob.glob(os.path.join(glob.escape(str(data_dir)), f"*{split}_*.bin")))
+    if not found and (data_dir / f"{split}.bin").is_file():
+        found = [str(data_dir / f"{split}.bin")]
+    if not found:
+        raise GptkitError(
+            f"no {split} shards in {data_dir} (expected {META_NAME} or {split}_000000.bin); "
+            "run 'gptkit prepare -c CONFIG' first"
+        )
+    return [Path(f) for f in found]

@@ -1,0 +1,270 @@
+"""Where documents come from: local files, folders and globs, Hugging Face datasets, built-ins.
+
+`iter_documents(cfg)` yields one str per document (a .txt file, a row's `text_field`), in a
+deterministic order; `describe_source(cfg)` checks the source exists and describes it for
+meta.json. `builtin:stdlib` / `builtin:tiny` are Python's own standard-library sources: no network.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gptkit.errors import GptkitError
+
+if TYPE_CHECKING:  # gptkit.config pulls in torch; worker processes need not
+    from gptkit.config import PrepareConfig
+
+STRUCTURED = (".jsonl", ".json", ".csv", ".parquet")
+FOLDER_TEXT = (".txt", ".text", ".md", ".rst")  # read from folders; a glob may name any file
+# built-in corpus -> most bytes of .py source it takes from the interpreter's stdlib
+BUILTIN_BYTES = {"stdlib": 8_000_000, "tiny": 300_000}
+STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+_MOJIBAKE = b"\xef\xbf\xbd"  # a U+FFFD that was already in the file, not a replacement
+
+
+def describe_source(cfg: PrepareConfig) -> dict:
+    """What `cfg.source` is (kind, files, bytes, ...); raises GptkitError if it is missing."""
+    src = cfg.source
+    if src.startswith("hf:"):
+        return {"kind": "hf", "source": src, "name": src[3:], "config": cfg.hf_config,
+                "split": cfg.hf_split, "text_field": cfg.text_field}  # fmt: skip
+    files = _builtin_files(src[8:]) if src.startswith("builtin:") else _local_files(src)
+    desc = {"kind": "builtin" if src.startswith("builtin:") else "files", "source": src}
+    desc.update(files=len(files), bytes=sum(f.stat().st_size for f in files))
+    if src.startswith("builtin:"):
+        desc["python"] = sys.version.split()[0]
+    elif any(f.suffix in STRUCTURED for f in files):
+        desc["text_field"] = cfg.text_field
+    return desc
+
+
+def iter_documents(
+    cfg: PrepareConfig, counts: dict | None = None, *, lazy: bool = False
+) -> Iterator[str | Path]:
+    """Every non-empty document of the source in order (at most prepare.max_documents).
+
+    `counts["replaced_chars"]` is increased by the undecodable bytes replaced with U+FFFD.
+    lazy=True yields a whole-file text document as its Path, to be read with `read_text` by
+    whoever tokenizes it (prepare's worker processes), so the caller does not decode it.
+    """
+    counts = counts if counts is not None else {}
+    counts.setdefault("replaced_chars", 0)
+    src = cfg.source
+    if src.startswith("hf:"):
+        docs = _hf_documents(src[3:], cfg)
+    else:
+        files = _builtin_files(src[8:]) if src.startswith("builtin:") else _local_files(src)
+        docs = (d for f in files for d in _file_documents(f, cfg.text_field, counts, lazy))
+    n = 0
+    for doc in islice((d for d in docs if d), cfg.max_documents):
+        n += 1
+        yield doc
+    if n == 0:
+        raise GptkitError(
+            f"no documents in {src} (every file or row is empty); point prepare.source at text"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding files
+
+
+def _local_files(source: str) -> list[Path]:
+    path = Path(source).expanduser()
+    if any(ch in source for ch in "*?["):
+        files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
+        files = [f for f in files if f.is_file()]
+        where = f"no files match {source}"
+    elif path.is_dir():
+        files = _folder_files(path)
+        where = f"no {'/'.join(FOLDER_TEXT + STRUCTURED)} files in folder {source}"
+    elif path.is_file():
+        files, where = [path], ""
+    else:
+        raise GptkitError(
+            f"prepare.source {source} does not exist; give a file, folder, glob, hf:NAME or "
+            "builtin:stdlib"
+        )
+    if not files:
+        raise GptkitError(f"{where}; check prepare.source")
+    return files
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """Text and table files under `root`, hidden ones skipped, in sorted path order."""
+    files = []
+    for folder, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        files += [
+            Path(folder, n)
+            for n in names
+            if not n.startswith(".") and Path(n).suffix.lower() in FOLDER_TEXT + STRUCTURED
+        ]
+    return sorted(files, key=lambda f: f.parts)  # tuples of str sort far faster than Paths
+
+
+def _builtin_files(name: str) -> list[Path]:
+    """A deterministic sample (by hash of relative path) of the stdlib's .py files."""
+    if name not in BUILTIN_BYTES:
+        raise GptkitError(
+            f"unknown built-in corpus {name!r}; choose builtin:{' or builtin:'.join(BUILTIN_BYTES)}"
+        )
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for folder, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in STDLIB_SKIP]  # never walk site-packages
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
+    if not files:
+        raise GptkitError(
+            f"builtin:{name} found no .py files under {root} (a stripped Python?); "
+            "point prepare.source at local text files instead"
+        )
+    # hash order spreads the sample over the whole library instead of its first letters
+    files.sort(key=lambda f: hashlib.sha1(f.relative_to(root).as_posix().encode()).hexdigest())
+    picked, total = [], 0
+    for f in files:
+        if total >= BUILTIN_BYTES[name]:
+            break
+        picked.append(f)
+        total += f.stat().st_size
+    return sorted(picked, key=lambda f: f.parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading documents
+
+
+def read_text(path: Path, counts: dict) -> str:
+    """A text file as one document; undecodable bytes become U+FFFD and are counted."""
+    return _decode(path.read_bytes(), counts)
+
+
+def _decode(raw: bytes, counts: dict) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        counts["replaced_chars"] += text.count("\ufffd") - raw.count(_MOJIBAKE)
+        return text
+
+
+def _file_documents(path: Path, field: str, counts: dict, lazy: bool) -> Iterator[str | Path]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _jsonl_documents(path, field, counts)
+    elif suffix == ".json":
+        yield from _json_documents(path, field, counts)
+    elif suffix == ".csv":
+        yield from _csv_documents(path, field)
+    elif suffix == ".parquet":
+        yield from _parquet_documents(path, field)
+    elif not lazy:
+        yield read_text(path, counts)
+    elif path.stat().st_size:  # an empty file is no document, lazy or not
+        yield path
+
+
+def _field(row, field: str, where: str) -> str:
+    if not isinstance(row, dict) or field not in row:
+        present = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+        raise GptkitError(
+            f"{where} has no field {field!r} (fields: {present}); set prepare.text_field"
+        )
+    value = row[field]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise GptkitError(
+            f"field {field!r} in {where} is a {type(value).__name__}, not text; "
+            "set prepare.text_field to a text column"
+        )
+    return value
+
+
+def _jsonl_documents(path: Path, field: str, counts: dict) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(_decode(raw, counts))
+            except json.JSONDecodeError as e:
+                raise GptkitError(
+                    f"{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line"
+                ) from None
+            yield _field(row, field, f"{path}:{lineno}")
+
+
+def _json_documents(path: Path, field: str, counts: dict) -> Iterator[str]:
+    text = _decode(path.read_bytes(), counts)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON lines under a .json name
+            yield from _jsonl_documents(path, field, {"replaced_chars": 0})
+            return
+        raise GptkitError(f"{path} is not valid JSON ({e}); fix the file") from None
+    if not isinstance(rows, list):
+        raise GptkitError(f"{path} must hold a list of objects (or JSON lines); fix the file")
+    for i, row in enumerate(rows):
+        yield _field(row, field, f"{path}[{i}]")
+
+
+def _csv_documents(path: Path, field: str) -> Iterator[str]:
+    old = csv.field_size_limit(2**31 - 1)  # a document can be longer than the 128 KB default
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            reader = csv.DictReader(f)
+            if field not in (reader.fieldnames or []):
+                present = ", ".join(reader.fieldnames or [])
+                raise GptkitError(
+                    f"{path} has no column {field!r} (columns: {present}); set prepare.text_field"
+                )
+            for row in reader:
+                yield row[field] or ""
+    finally:
+        csv.field_size_limit(old)
+
+
+def _parquet_documents(path: Path, field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if field not in pf.schema_arrow.names:
+        present = ", ".join(pf.schema_arrow.names)
+        raise GptkitError(
+            f"{path} has no column {field!r} (columns: {present}); set prepare.text_field"
+        )
+    for batch in pf.iter_batches(columns=[field], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            yield _field({field: value}, field, str(path))
+
+
+def _hf_documents(name: str, cfg: PrepareConfig) -> Iterator[str]:
+    import datasets  # heavy: only for hf: sources
+
+    try:
+        ds = datasets.load_dataset(name, cfg.hf_config, split=cfg.hf_split, streaming=True)
+        for i, row in enumerate(ds):
+            yield _field(row, cfg.text_field, f"hf:{name} row {i}")
+    except ConnectionError:
+        raise GptkitError(
+            f"could not reach the Hugging Face Hub for {name}; download it when online or "
+            "point prepare.source at local files"
+        ) from None
+    except (FileNotFoundError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GptkitError(
+            f"could not load hf:{name} ({reason}); check prepare.source, prepare.hf_config "
+            "and prepare.hf_split"
+        ) from None

@@ -1,0 +1,169 @@
+"""Pretraining: loss falls, exact resume, DDP (2 gloo ranks) == 1 rank, SIGTERM, wandb, guards."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gptkit.commands.pretrain import pretrain
+from gptkit.config import load_config
+from gptkit.errors import GptkitError
+from gptkit.train import checkpoint
+
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+    "train.batch_size=4", "train.warmup_steps=2", "train.eval_steps=2", "train.dtype=float32",
+    "train.device=cpu", "train.log_interval=1", "train.lr=3e-3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from gptkit.commands.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    cfg = load_config(None, ["prepare.source=builtin:tiny", "prepare.tokenizer=byte",
+                             f"prepare.out_dir={out}", "prepare.val_fraction=0.1"])  # fmt: skip
+    prepare(cfg)
+    return out
+
+
+def config(data_dir, run_dir, *extra):
+    return load_config(None, [*TINY, f"data.dir={data_dir}", f"train.out_dir={run_dir}", *extra])
+
+
+def losses(run_dir) -> dict[int, float]:
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_loss_falls_in_seconds(data_dir, tmp_path):
+    run = tmp_path / "run"
+    last = pretrain(config(data_dir, run, "train.max_steps=40", "train.eval_interval=20"))
+    curve = losses(run)
+    assert sum(list(curve.values())[-5:]) / 5 < curve[1] - 1.0, curve
+    assert last["val_loss"] < 4.5  # ln(257) = 5.55 at init
+    assert (run / "config.yaml").is_file()
+    assert checkpoint.latest_checkpoint(run).name == "step_000040"
+
+
+def test_resume_matches_uninterrupted_run_exactly(data_dir, tmp_path):
+    common = ["train.max_steps=16", "train.ckpt_interval=8", "train.eval_interval=8",
+              "train.keep_last=5", "model.dropout=0.1"]  # fmt: skip
+    full = tmp_path / "full"
+    pretrain(config(data_dir, full, *common))
+    # A run interrupted at step 8 == a new run dir resumed from the step-8 checkpoint.
+    part = tmp_path / "part"
+    mid = full / "checkpoints" / "step_000008"
+    pretrain(config(data_dir, part, *common, f"train.resume={mid}"))
+    a, b = losses(full), losses(part)
+    assert sorted(b) == list(range(9, 17))
+    for step in b:
+        assert a[step] == b[step], (step, a[step], b[step])  # fp32 CPU: bitwise equal
+    wa = checkpoint.read_weights(full / "checkpoints/step_000016/model.safetensors")
+    wb = checkpoint.read_weights(part / "checkpoints/step_000016/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_auto_resume_continues_the_run(data_dir, tmp_path):
+    run = tmp_path / "run"
+    pretrain(config(data_dir, run, "train.max_steps=6", "train.warmup_steps=0",
+                    "train.schedule=constant"))  # fmt: skip
+    pretrain(config(data_dir, run, "train.max_steps=10", "train.warmup_steps=0",
+                    "train.schedule=constant"))  # fmt: skip
+    assert sorted(losses(run)) == list(range(1, 11))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args, env=None, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120, **kw)
+
+
+def test_two_gloo_ranks_equal_one_rank_with_same_global_batch(data_dir, tmp_path):
+    common = ["train.max_steps=6", "train.eval_interval=3", "train.ckpt_interval=0"]
+    one = tmp_path / "one"
+    pretrain(config(data_dir, one, *common, "train.grad_accum=2"))
+    two = tmp_path / "two"
+    overrides = [*TINY, *common, f"data.dir={data_dir}", f"train.out_dir={two}"]
+    r = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                 f"--master_port={free_port()}", "-m", "gptkit", "pretrain", *overrides])  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+
+
+def test_sigterm_finishes_step_saves_and_exits_0(data_dir, tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, f"data.dir={data_dir}", f"train.out_dir={run}", "train.max_steps=100000",
+            "train.eval_interval=0", "train.ckpt_interval=0"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "pretrain", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or len(losses(run)) < 3:
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    ckpt = checkpoint.latest_checkpoint(run)
+    assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] >= 3
+    model, _ = checkpoint.model_from_checkpoint(ckpt)
+    assert model.config.n_layer == 2
+
+
+def test_wandb_offline_writes_a_run_directory(data_dir, tmp_path):
+    run = tmp_path / "run"
+    pretrain(config(data_dir, run, "train.max_steps=2", "logging.wandb.enabled=true",
+                    "logging.wandb.mode=offline"))  # fmt: skip
+    assert list((run / "wandb").glob("offline-run-*")), os.listdir(run)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.block_size=400000", "block_size"),
+        ("data.dir=/no/such/dir", "gptkit prepare"),
+        ("model.vocab_size=100", "vocab_size"),
+    ],
+)
+def test_data_model_mismatch_fails_before_training(data_dir, tmp_path, override, fragment):
+    run = tmp_path / "run"
+    with pytest.raises(GptkitError, match=fragment):
+        pretrain(config(data_dir, run, override))
+    assert not (run / "checkpoints").exists()
+
+
+def test_resume_refuses_another_tokenizer(data_dir, tmp_path):
+    run = tmp_path / "run"
+    pretrain(config(data_dir, run, "train.max_steps=2"))
+    meta_path = checkpoint.latest_checkpoint(run) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tokenizer"]["name"] = "gpt2"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(GptkitError, match="tokenizer"):
+        pretrain(config(data_dir, run, "train.max_steps=4"))
+
+
+def test_checkpoint_retention_keeps_last_k_and_best(data_dir, tmp_path):
+    run = tmp_path / "run"
+    pretrain(config(data_dir, run, "train.max_steps=8", "train.ckpt_interval=2",
+                    "train.keep_last=2", "train.eval_interval=0"))  # fmt: skip
+    names = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert names == ["step_000006", "step_000008"]
+    shutil.rmtree(run)
