@@ -11,7 +11,8 @@ ALLOWED = {
     "gptkit.model": ("gptkit.model",),
     "gptkit.data.tokenizer": (),
     "gptkit.data.shards": (),
-    "gptkit.config": ("gptkit.model.gpt",),
+    "gptkit.config": ("gptkit.model.gpt", "gptkit.configfile", "gptkit"),
+    "gptkit.configfile": (),
     "gptkit.data": ("gptkit.data", "gptkit.config", "gptkit"),
     "gptkit.train": ("gptkit.train", "gptkit.model", "gptkit.data", "gptkit.config", "gptkit"),
     "gptkit.commands": (

@@ -7,6 +7,7 @@ Wiring only: data meta -> model -> runtime wrap -> optimizer -> `fit()`. Under
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -49,18 +50,40 @@ def _pretrain(cfg: Config, rt) -> dict:
     task = lm_task(cfg, rt, model)
     max_steps = planned_steps(cfg, rt)
     if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        except OSError as e:
+            raise GptkitError(
+                f"cannot write the run dir {run_dir} ({e.strerror or e}); choose a writable "
+                "train.out_dir (a folder, not a file) with free space"
+            ) from None
         _announce(cfg, rt, model, max_steps, ckpt)
     meta = {"config": to_dict(cfg), "tokenizer": data_meta["tokenizer"], "head": {"name": "lm"}}
-    return fit(wrapped, optimizer, task, cfg=cfg.train, rt=rt, run_dir=run_dir, meta=meta,
+    last = fit(wrapped, optimizer, task, cfg=cfg.train, rt=rt, run_dir=run_dir, meta=meta,
                max_steps=max_steps, resume_from=ckpt, wandb_cfg=cfg.logging.wandb)  # fmt: skip
+    if rt.is_main:
+        _summary(run_dir)
+    return last
+
+
+def _summary(run_dir: Path):
+    """One closing line: first and last val loss of the run, and where its checkpoint is."""
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl", encoding="utf-8")]
+    vals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    ckpt = checkpoint.latest_checkpoint(run_dir)
+    if vals:
+        (s0, v0), (s1, v1) = vals[0], vals[-1]
+        runtime.print0(f"val loss {v0:.4f} (step {s0}) -> {v1:.4f} (step {s1}); latest: {ckpt}")
+    else:
+        runtime.print0(f"done; latest checkpoint: {ckpt}")
 
 
 def lm_task(cfg: Config, rt, model) -> Task:
     """Train/val batch streams and the LM loss for pretraining (or LM fine-tuning)."""
     common = dict(block_size=cfg.model.block_size, rank=rt.rank, world_size=rt.world_size,
-                  seed=cfg.train.seed, device=rt.device)  # fmt: skip
+                  seed=cfg.train.seed, device=rt.device,
+                  vocab_size=cfg.model.vocab_size)  # fmt: skip
     train = ShardBatches(cfg.data.dir, "train", batch_size=cfg.train.batch_size,
                          grad_accum=cfg.train.grad_accum, sampling=cfg.data.sampling, **common)  # fmt: skip
 

@@ -64,7 +64,7 @@ def iter_documents(
         docs = _hf_documents(src[3:], cfg)
     else:
         files = _builtin_files(src[8:]) if src.startswith("builtin:") else _local_files(src)
-        docs = (d for f in files for d in _file_documents(f, cfg.text_field, counts, lazy))
+        docs = (d for f in files for d in _file_documents(f, cfg, counts, lazy))
     n = 0
     for doc in islice((d for d in docs if d), cfg.max_documents):
         n += 1
@@ -158,8 +158,8 @@ def _decode(raw: bytes, counts: dict) -> str:
         return text
 
 
-def _file_documents(path: Path, field: str, counts: dict, lazy: bool) -> Iterator[str | Path]:
-    suffix = path.suffix.lower()
+def _file_documents(path: Path, cfg, counts: dict, lazy: bool) -> Iterator[str | Path]:
+    suffix, field = path.suffix.lower(), cfg.text_field
     if suffix == ".jsonl":
         yield from _jsonl_documents(path, field, counts)
     elif suffix == ".json":
@@ -168,6 +168,8 @@ def _file_documents(path: Path, field: str, counts: dict, lazy: bool) -> Iterato
         yield from _csv_documents(path, field)
     elif suffix == ".parquet":
         yield from _parquet_documents(path, field)
+    elif cfg.split_on:  # one text file, many documents (e.g. paragraphs of a novel)
+        yield from read_text(path, counts).split(cfg.split_on)
     elif not lazy:
         yield read_text(path, counts)
     elif path.stat().st_size:  # an empty file is no document, lazy or not
@@ -239,7 +241,11 @@ def _csv_documents(path: Path, field: str) -> Iterator[str]:
 def _parquet_documents(path: Path, field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GptkitError(f"{path} is not a readable parquet file ({first}); fix it") from None
     if field not in pf.schema_arrow.names:
         present = ", ".join(pf.schema_arrow.names)
         raise GptkitError(
