@@ -92,19 +92,34 @@ def run_cli(args, env=None, **kw):
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120, **kw)
 
 
-def test_two_gloo_ranks_equal_one_rank_with_same_global_batch(data_dir, tmp_path):
-    common = ["train.max_steps=6", "train.eval_interval=3", "train.ckpt_interval=0"]
-    one = tmp_path / "one"
-    pretrain(config(data_dir, one, *common, "train.grad_accum=2"))
+@pytest.fixture(scope="module")
+def one_rank_losses(data_dir, tmp_path_factory):
+    """The reference: one process, grad_accum 2 (the same global batch as 2 ranks x 1)."""
+    one = tmp_path_factory.mktemp("one")
+    pretrain(config(data_dir, one, *DIST, "train.grad_accum=2"))
+    return losses(one)
+
+
+DIST = ["train.max_steps=6", "train.eval_interval=3", "train.ckpt_interval=3"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_equal_one_rank_with_same_global_batch(
+    data_dir, tmp_path, one_rank_losses, strategy
+):
     two = tmp_path / "two"
-    overrides = [*TINY, *common, f"data.dir={data_dir}", f"train.out_dir={two}"]
+    overrides = [*TINY, *DIST, f"data.dir={data_dir}", f"train.out_dir={two}",
+                 f"train.strategy={strategy}"]  # fmt: skip
     r = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                  f"--master_port={free_port()}", "-m", "gptkit", "pretrain", *overrides])  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    a, b = losses(one), losses(two)
+    a, b = one_rank_losses, losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+    # the sharded run's checkpoint is a full, loadable model
+    model, meta = checkpoint.model_from_checkpoint(checkpoint.latest_checkpoint(two))
+    assert meta["step"] == 6 and model.config.n_layer == 2
 
 
 def test_sigterm_finishes_step_saves_and_exits_0(data_dir, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -17,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPT, GPTConfig
 from gptkit.model.heads import build_head
+from gptkit.model.lora import inject, merge
 
 FORMAT_VERSION = 1
 
@@ -35,27 +38,29 @@ def save(run_dir, *, step: int, model, state: dict, meta: dict, keep_last: int, 
 
     `best` names the best-by-val checkpoint, which retention never deletes."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     final, tmp = root / name, root / f".tmp_{name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        weights = model if isinstance(model, dict) else model.state_dict()
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         safetensors.torch.save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         torch.save(state, tmp / "state.pt")
         header = {"format_version": FORMAT_VERSION, "gptkit_version": __version__, "step": step}
         _write_json(tmp / "meta.json", {**header, **meta})
         for f in tmp.iterdir():
             _fsync(f)
-        if final.exists():  # re-saving a step (the end of a run that also hit an interval)
-            shutil.rmtree(final)
+        if final.exists():  # re-saving a step: move the old copy aside in one atomic step
+            _discard(final)
         os.replace(tmp, final)
         write_text_atomic(root / "latest", name + "\n")
-    except OSError as e:
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save/safetensors: not OSError
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
         raise GptkitError(
-            f"could not write checkpoint {final} ({e.strerror or e}); free disk space or fix "
+            f"could not write checkpoint {final} ({reason}); free disk space or fix "
             "permissions, then resume: the previous checkpoint is intact"
         ) from None
     _prune(root, keep_last, keep={name, best})
@@ -66,10 +71,25 @@ def _prune(root: Path, keep_last: int, keep: set):
     steps = sorted(p.name for p in root.glob("step_*") if p.is_dir())
     for name in steps[:-keep_last]:
         if name not in keep:
-            shutil.rmtree(root / name, ignore_errors=True)
+            _discard(root / name)
     for tmp in root.glob(".tmp_*"):  # left by a killed writer
         if not tmp.name.endswith(f"_{os.getpid()}"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _discard(ckpt: Path):
+    """Delete a checkpoint dir; renamed first, so a kill never leaves a half-deleted step_*."""
+    trash = ckpt.with_name(f".tmp_del_{ckpt.name}_{os.getpid()}")
+    try:
+        os.replace(ckpt, trash)
+    except OSError:
+        trash = ckpt  # gone already, or not renamable: delete it where it is
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def write_text_atomic(path: Path, text: str):
@@ -144,9 +164,10 @@ def latest_checkpoint(run_dir) -> Path | None:
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest"
     if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if (named / "meta.json").is_file():
-            return named
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if name.startswith("step_") and name.isprintable() and "/" not in name:
+            if (root / name / "meta.json").is_file():
+                return root / name
     done = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
     return done[-1] if done else None
 
@@ -168,10 +189,14 @@ def read_state(ckpt: Path) -> dict:
     """state.pt, loaded without unpickling arbitrary objects."""
     try:
         return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError:
         raise GptkitError(
-            f"refusing to load {ckpt}/state.pt: not a plain-tensor state file ({first})"
+            f"refusing to load {ckpt}/state.pt: it holds Python objects other than tensors and "
+            "plain types, which could run code (not a gptkit state file; possibly malicious)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
+        raise GptkitError(
+            f"refusing to load {ckpt}/state.pt: not a plain-tensor state file ({_first_line(e)})"
         ) from None
 
 
@@ -188,16 +213,27 @@ def model_from_checkpoint(ckpt: Path, *, strict: bool = True) -> tuple[GPT, dict
     meta = read_meta(ckpt)
     try:
         config = GPTConfig(**meta["config"]["model"])
-    except (TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise GptkitError(f"{ckpt}/meta.json has an invalid model config ({e})") from None
     model = GPT(config, head=build_head(meta.get("head", {"name": "lm"}), config))
+    if meta.get("lora"):  # a LoRA fine-tune: its weights hold adapters beside the frozen base
+        inject(model.transformer, **meta["lora"])
     weights = read_weights(ckpt / "model.safetensors")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor's shape differs from the one meta.json describes
+        lines = [line.strip() for line in str(e).splitlines() if "mismatch" in line]
+        raise GptkitError(
+            f"{ckpt}/model.safetensors does not match its meta.json "
+            f"({(lines or [_first_line(e)])[0][:200]}); the checkpoint is from another architecture"
+        ) from None
     if strict and (missing or unexpected):
         raise GptkitError(
             f"{ckpt}/model.safetensors does not match its meta.json (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); the checkpoint is from another architecture"
         )
+    if meta.get("lora"):
+        merge(model.transformer)  # plain Linear weights: sample, predict and export need no LoRA
     return model, meta
 
 

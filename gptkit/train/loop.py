@@ -163,13 +163,13 @@ def _improves(val: dict, st: State, task: Task) -> bool:
 
 
 def _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta):
-    opt_state = optimizer.state_dict()  # every rank: FSDP gathers collectively
+    weights, opt_state = runtime.state_dicts(raw, optimizer)  # collective under FSDP
     if rt.is_main:
         state = {"optimizer": opt_state, "scaler": scaler.state_dict() if scaler else None,
                  "rng": checkpoint.rng_state(), "loader": task.train.state_dict(),
                  "train": vars(st).copy()}  # fmt: skip
         extra = {"step": st.step, "tokens": st.tokens, "best": st.best_name}
-        checkpoint.save(run_dir, step=st.step, model=raw, state=state, meta={**meta, **extra},
+        checkpoint.save(run_dir, step=st.step, model=weights, state=state, meta={**meta, **extra},
                         keep_last=cfg.keep_last, best=st.best_name)  # fmt: skip
     runtime.barrier(rt)
 
@@ -177,10 +177,17 @@ def _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta):
 def _restore(ckpt, raw, optimizer, task, rt) -> State:
     """Load optimizer, loader, counters and RNG from a checkpoint (weights are loaded earlier)."""
     state = checkpoint.read_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
-    task.train.load_state_dict(state["loader"])
-    checkpoint.set_rng_state(state["rng"])
-    return State(**state["train"])
+    try:
+        runtime.load_optimizer_state(raw, optimizer, state["optimizer"])
+        task.train.load_state_dict(state["loader"])
+        checkpoint.set_rng_state(state["rng"])
+        return State(**state["train"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # loads, but not our layout
+        raise GptkitError(
+            f"{ckpt}/state.pt does not fit this run ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}); resume from "
+            "another checkpoint or start a new run (train.resume=never, new train.out_dir)"
+        ) from None
 
 
 def _grad_scaler(rt):

@@ -127,6 +127,35 @@ def parallelize(model: torch.nn.Module, rt: Runtime, *, strategy: str, compile: 
     return model
 
 
+def _sharded(model) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def state_dicts(model, optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state; under FSDP a collective, full on rank 0."""
+    if not _sharded(model):
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_optimizer_state(model, optimizer, state: dict):
+    """Load what `state_dicts` saved into a plain or FSDP-sharded optimizer."""
+    if not _sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
+
+
 def no_sync(model, rt: Runtime, *, last_micro_step: bool):
     """Skip the gradient all-reduce on accumulation micro-steps that are not the last."""
     if not rt.distributed or last_micro_step:
