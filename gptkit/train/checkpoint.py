@@ -52,8 +52,8 @@ def save(run_dir, *, step: int, model, state: dict, meta: dict, keep_last: int, 
         _write_json(tmp / "meta.json", {**header, **meta})
         for f in tmp.iterdir():
             _fsync(f)
-        if final.exists():  # re-saving a step: move the old copy aside in one atomic step
-            _discard(final)
+        if final.exists():  # MUTATION
+            shutil.rmtree(final)
         os.replace(tmp, final)
         write_text_atomic(root / "latest", name + "\n")
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save/safetensors: not OSError
@@ -71,10 +71,12 @@ def _prune(root: Path, keep_last: int, keep: set):
     steps = sorted(p.name for p in root.glob("step_*") if p.is_dir())
     for name in steps[:-keep_last]:
         if name not in keep:
-            _discard(root / name)
+            shutil.rmtree(root / name)
     for tmp in root.glob(".tmp_*"):  # left by a killed writer
         if not tmp.name.endswith(f"_{os.getpid()}"):
             shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in root.glob(".latest.tmp*"):  # ours is renamed by now: any left is a killed one's
+        tmp.unlink(missing_ok=True)
 
 
 def _discard(ckpt: Path):
@@ -96,11 +98,15 @@ def write_text_atomic(path: Path, text: str):
     """Write a small text file via temp + fsync + rename, so readers never see half of it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_json(path: Path, obj):
@@ -238,10 +244,13 @@ def model_from_checkpoint(ckpt: Path, *, strict: bool = True) -> tuple[GPT, dict
 
 
 def load_model(path, device="cpu") -> GPT:
-    """A run dir, checkpoint dir, local HF GPT-2 dir or hf:NAME -> model in eval mode."""
+    """A run dir, checkpoint dir, gptkit/HF export dir or hf:NAME -> model in eval mode."""
     from gptkit.model import hf
 
-    if str(path).startswith("hf:") or hf.is_hf_dir(path):
+    export = _export_config(path)
+    if export is not None and export.get("format") == "gptkit":  # export --format safetensors
+        model = _model_from_export(Path(path), export)
+    elif str(path).startswith("hf:") or hf.is_hf_dir(path):
         model = hf.load_hf(path)
     else:
         model, _ = model_from_checkpoint(find(path))
@@ -249,13 +258,51 @@ def load_model(path, device="cpu") -> GPT:
 
 
 def load_tokenizer(path):
-    """The tokenizer a model was trained with (HF GPT-2 dirs use gpt2)."""
+    """The tokenizer a model was trained with (HF dirs: gptkit.json's, else gpt2)."""
     from gptkit.data.tokenizer import get_tokenizer
     from gptkit.model import hf
 
+    export = _export_config(path)
+    if export is not None and "tokenizer" in export:
+        return get_tokenizer(export["tokenizer"])
+    sidecar = Path(str(path)) / "gptkit.json"  # written beside an HF export by `gptkit export`
+    if sidecar.is_file():
+        return get_tokenizer(_read_json(sidecar)["tokenizer"])
     if str(path).startswith("hf:") or hf.is_hf_dir(path):
         return get_tokenizer("gpt2")
     meta = read_meta(find(path))
     if "tokenizer" not in meta:
         raise GptkitError(f"{path} has no tokenizer in its meta.json; it cannot decode text")
     return get_tokenizer(meta["tokenizer"])
+
+
+def _export_config(path) -> dict | None:
+    """config.json of a `gptkit export --format safetensors` dir, else None."""
+    p = Path(str(path)) / "config.json"
+    if str(path).startswith("hf:") or not p.is_file():
+        return None
+    cfg = _read_json(p)
+    return cfg if isinstance(cfg, dict) and cfg.get("format") == "gptkit" else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GptkitError(f"{path} is unreadable ({e}); re-export the model") from None
+
+
+def _model_from_export(path: Path, cfg: dict) -> GPT:
+    try:
+        config = GPTConfig(**cfg["model"])
+        model = GPT(config, head=build_head(cfg.get("head", {"name": "lm"}), config))
+    except (KeyError, TypeError, ValueError) as e:
+        raise GptkitError(f"{path}/config.json has an invalid model config ({e})") from None
+    try:
+        model.load_state_dict(read_weights(path / "model.safetensors"))
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise GptkitError(
+            f"{path}/model.safetensors does not match config.json ({first})"
+        ) from None
+    return model

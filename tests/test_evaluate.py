@@ -1,0 +1,144 @@
+"""`gptkit eval`: deterministic LM loss/perplexity/bits-per-byte, HF dirs, head runs, errors."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptkit.cli import main
+from gptkit.commands.evaluate import evaluate
+from gptkit.commands.pretrain import pretrain
+from gptkit.config import Config, load_config, to_dict
+from gptkit.data.batches import ShardBatches
+from gptkit.data.tokenizer import get_tokenizer
+from gptkit.errors import GptkitError
+from gptkit.model import hf
+from gptkit.model.gpt import GPT, GPTConfig
+from gptkit.model.heads import build_head
+from gptkit.train import checkpoint
+
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+    "train.batch_size=4", "train.warmup_steps=2", "train.eval_steps=3", "train.dtype=float32",
+    "train.device=cpu", "train.log_interval=1", "train.lr=3e-3", "train.max_steps=6",
+    "train.eval_interval=6",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Byte-tokenized builtin:tiny data and a tiny run trained on it for 6 steps."""
+    from gptkit.commands.prepare import prepare
+
+    root = tmp_path_factory.mktemp("eval")
+    prepare(load_config(None, ["prepare.source=builtin:tiny", "prepare.tokenizer=byte",
+                               f"prepare.out_dir={root}/data", "prepare.val_fraction=0.1",
+                               "prepare.workers=1"]))  # fmt: skip
+    pretrain(load_config(None, [*TINY, f"data.dir={root}/data", f"train.out_dir={root}/run"]))
+    return root
+
+
+def test_matches_the_training_eval_and_a_hand_computed_loss(work):
+    r = evaluate(work / "run", max_batches=3, batch_size=4, device="cpu")
+    logged = [json.loads(line) for line in open(work / "run/metrics.jsonl")]
+    assert r["loss"] == pytest.approx(logged[-1]["val_loss"], abs=1e-5)  # same 12 val windows
+    assert r["windows"] == 12 and r["context"] == 32 and r["tokens"] == 12 * 32
+    model = checkpoint.load_model(work / "run")
+    x, y = ShardBatches(work / "data", "val", block_size=32, batch_size=12,
+                        sampling="sequential").next_batch()  # fmt: skip
+    with torch.no_grad():
+        by_hand = F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+    assert r["loss"] == pytest.approx(by_hand, abs=1e-5)
+    split = json.loads((work / "data/meta.json").read_text())["splits"]["val"]
+    assert r["ppl"] == pytest.approx(math.exp(r["loss"]))
+    assert r["bpb"] == pytest.approx(
+        r["loss"] / math.log(2) * split["tokens"] / split["text_bytes"]
+    )
+    assert 1.0 < split["tokens"] / split["text_bytes"] < 1.01  # bytes + one eot per document
+
+
+def test_deterministic_and_independent_of_batch_split(work):
+    a = evaluate(work / "run", max_batches=3, batch_size=4, device="cpu")
+    b = evaluate(work / "run", max_batches=4, batch_size=3, device="cpu")
+    c = evaluate(checkpoint.find(work / "run"), max_batches=3, batch_size=4, device="cpu")
+    assert a["loss"] == c["loss"] and a["windows"] == b["windows"] == 12
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    big = evaluate(work / "run", max_batches=10_000, batch_size=7, device="cpu", split="val")
+    val_tokens = json.loads((work / "data/meta.json").read_text())["splits"]["val"]["tokens"]
+    assert big["windows"] == (val_tokens - 1) // 32  # every window once, none twice
+
+
+def test_hf_dir_needs_data_and_scores_like_the_run(work, tmp_path):
+    model = checkpoint.load_model(work / "run")
+    hf.save_hf(model, tmp_path / "hf", eot_id=256)
+    with pytest.raises(GptkitError, match="--data"):
+        evaluate(tmp_path / "hf")
+    # an HF dir means the gpt2 tokenizer; byte-tokenized data is a vocab mismatch
+    with pytest.raises(GptkitError, match="vocab mismatch.*byte"):
+        evaluate(tmp_path / "hf", data=work / "data")
+
+
+def test_data_with_another_tokenizer_is_refused(work, tmp_path):
+    other = tmp_path / "data"
+    shutil.copytree(work / "data", other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["tokenizer"] = {"kind": "char", "name": "char", "vocab_size": 60, "eot_id": 59,
+                         "chars": "x" * 59}  # fmt: skip
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(GptkitError, match="vocab mismatch: .* char .* byte"):
+        evaluate(work / "run", data=other)
+    with pytest.raises(GptkitError, match="not there; pass --data"):
+        evaluate(_moved_data_run(work, tmp_path))
+
+
+def _moved_data_run(work, tmp_path):
+    run = tmp_path / "moved"
+    shutil.copytree(work / "run", run)
+    ckpt = checkpoint.find(run)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["config"]["data"]["dir"] = str(tmp_path / "gone")
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    return run
+
+
+def test_classifier_reports_its_stored_metrics(tmp_path, capsys):
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=257)
+    head = {"name": "classification", "num_labels": 2, "labels": ["no", "yes"], "pooling": "last"}
+    meta = {"config": to_dict(Config(model=cfg)), "tokenizer": get_tokenizer("byte").spec(),
+            "head": head}  # fmt: skip
+    model = GPT(cfg, head=build_head(head, cfg))
+    checkpoint.save(tmp_path / "cls", step=3, model=model, state={}, meta=meta, keep_last=1)
+    with pytest.raises(GptkitError, match="metrics.json does not exist"):
+        evaluate(tmp_path / "cls")
+    summary = {"final": {"step": 3, "val_acc": 0.75}, "best": None, "best_key": "val_acc"}
+    (tmp_path / "cls/metrics.json").write_text(json.dumps(summary))
+    assert evaluate(tmp_path / "cls")["metrics"] == summary
+    assert main(["eval", str(tmp_path / "cls")]) == 0
+    assert "final val_acc" in capsys.readouterr().out
+
+
+def test_cli_table_json_and_errors(work, capsys):
+    assert main(["eval", str(work / "run"), "--max-batches", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "bits/byte" in out and "perplexity" in out
+    assert (
+        main(["eval", str(work / "run"), "--max-batches", "2", "--json", "--split", "train"]) == 0
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert r["split"] == "train" and r["windows"] == 16 and r["bpb"] > 0
+    assert main(["eval", str(work / "nope")]) == 2
+    assert main(["eval", str(work / "run"), "--max-batches", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("gptkit: error:") == 2 and "Traceback" not in err
+
+
+def test_a_split_shorter_than_the_context_is_scored_with_shorter_windows():
+    from gptkit.commands.evaluate import _context
+
+    assert _context(32, {"shards": [{"tokens": 10}, {"tokens": 7}]}, "val") == 9
+    assert _context(32, {"shards": [{"tokens": 1000}]}, "val") == 32
+    with pytest.raises(GptkitError, match="under 2 tokens"):
+        _context(32, {"shards": [{"tokens": 1}]}, "val")
