@@ -194,6 +194,8 @@ class FinetuneConfig:
     """lm head SFT: completion column"""
     tokens_field: str = "tokens"
     """token_classification: column holding the list of words"""
+    label_subtoken: Literal["first", "last"] = "first"
+    """token_classification: label each word's first sub-token, or its last (sees the whole word)"""
     num_labels: int | None = None
     """classes (null = inferred from the training labels)"""
     num_targets: int = 1
