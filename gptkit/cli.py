@@ -8,6 +8,7 @@ Command modules are imported only when their command runs, so `--help` stays qui
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
@@ -35,14 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptkit", description="From raw text to a trained, fine-tuned GPT and its samples."
     )
+    parser.error = functools.partial(_usage_error, parser)
     parser.add_argument("--version", action="version", version=f"gptkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, _, needs_config) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        p.error = functools.partial(_usage_error, p)
         if needs_config:
             _add_config_args(p)
         _ADD_ARGS.get(name, lambda p: None)(p)
     return parser
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str):
+    """argparse's usage errors as one `gptkit: error:` line and exit 2, like every user error."""
+    print(f"gptkit: error: {message}; see '{parser.prog} --help'", file=sys.stderr)
+    sys.exit(2)
 
 
 def _add_config_args(p):

@@ -115,7 +115,8 @@ def score(model, data, split: str, *, block_size: int, max_batches: int, batch_s
     """Mean next-token loss (nats) over the first `max_batches * batch_size` windows, in order."""
     p, T = model.transformer.wte.weight, block_size
     batches = ShardBatches(data, split, block_size=T, batch_size=batch_size,
-                           sampling="sequential", device=p.device)  # fmt: skip
+                           sampling="sequential", device=p.device,
+                           vocab_size=model.config.vocab_size)  # fmt: skip
     windows = min(max_batches * batch_size, batches.num_windows)  # no window scored twice
     total, done = 0.0, 0
     while done < windows:

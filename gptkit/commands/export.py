@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import safetensors.torch
+from safetensors import SafetensorError
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
@@ -57,9 +58,10 @@ def export(path, *, fmt: str, out) -> Path:
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp / "model", out)
-    except OSError as e:  # disk full, no permission
+    except (OSError, RuntimeError, SafetensorError) as e:  # disk full, no permission
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise GptkitError(
-            f"could not write {out} ({e.strerror or e}); free disk space or fix permissions"
+            f"could not write {out} ({reason}); free disk space or fix permissions"
         ) from None
     finally:
         if tmp is not None:

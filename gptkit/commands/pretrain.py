@@ -42,7 +42,7 @@ def _pretrain(cfg: Config, rt) -> dict:
     seed_everything(cfg.train.seed)
     model = GPT(cfg.model)
     if ckpt is not None:
-        model.load_state_dict(checkpoint.read_weights(ckpt / "model.safetensors"))
+        _load_weights(model, ckpt)
     model.to(rt.device)
     torch.manual_seed(cfg.train.seed + rt.rank)  # dropout differs per rank, init did not
     wrapped = runtime.parallelize(model, rt, strategy=cfg.train.strategy, compile=cfg.train.compile)
@@ -151,12 +151,25 @@ def resume_checkpoint(cfg: Config, run_dir: Path, tokenizer: dict) -> Path | Non
             f" but {cfg.data.dir} uses {tokenizer.get('name')}; point data.dir at matching data "
             "or start a new run (train.resume=never, new train.out_dir)"
         )
-    if meta["config"]["model"] != dataclasses.asdict(cfg.model):
+    saved = meta["config"].get("model") if isinstance(meta["config"], dict) else None
+    if saved != dataclasses.asdict(cfg.model):
         raise GptkitError(
             f"model config differs from checkpoint {ckpt}; resume with the same model section "
             "or start a new run in another train.out_dir"
         )
     return ckpt
+
+
+def _load_weights(model, ckpt: Path):
+    """The checkpoint's weights into the fresh model; a fine-tuned run's do not fit."""
+    try:
+        model.load_state_dict(checkpoint.read_weights(ckpt / "model.safetensors"))
+    except RuntimeError as e:  # a task head or LoRA adapters: keys this LM does not have
+        detail = " ".join(str(e).split())[:200]
+        raise GptkitError(
+            f"checkpoint {ckpt} does not hold a plain language model ({detail}); pretrain "
+            "resumes pretraining runs only: continue a fine-tuned run with 'gptkit finetune'"
+        ) from None
 
 
 def planned_steps(cfg: Config, rt) -> int:

@@ -41,6 +41,7 @@ class ShardBatches:
         seed: int = 1337,
         sampling: str = "random",
         device: str | torch.device = "cpu",
+        vocab_size: int | None = None,
     ):
         assert sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}, got {sampling!r}"
         assert 0 <= rank < world_size, f"rank {rank} outside world_size {world_size}"
@@ -49,6 +50,7 @@ class ShardBatches:
         self.block_size, self.batch_size, self.grad_accum = block_size, batch_size, grad_accum
         self.rank, self.world_size, self.seed, self.sampling = rank, world_size, seed, sampling
         self.device = torch.device(device)
+        self.vocab_size = vocab_size  # ids at or above it mean a corrupt shard (checked per batch)
         self._shards = [read_shard(f) for f in split_files(data_dir, split)]
         lengths = np.array([len(s) for s in self._shards], dtype=np.int64)
         self.num_tokens = int(lengths.sum())
@@ -97,6 +99,12 @@ class ShardBatches:
             local = w - (int(self._ends[shard - 1]) if shard else 0)
             start = local if self.sampling == "random" else local * T
             buf[row] = self._shards[shard][start : start + T + 1]
+        if self.vocab_size is not None and buf.size and int(buf.max()) >= self.vocab_size:
+            raise GptkitError(
+                f"the {self.split} shards of {self.data_dir} hold token id {int(buf.max())}, "
+                f"outside the vocabulary of {self.vocab_size}: a shard is corrupt; run "
+                "'gptkit prepare --force' again"
+            )
         x = torch.from_numpy(np.ascontiguousarray(buf[:, :-1]))  # (B, T)
         y = torch.from_numpy(np.ascontiguousarray(buf[:, 1:]))  # (B, T)
         if self.device.type == "cuda":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import json
 import multiprocessing as mp
 import os
@@ -46,6 +47,7 @@ def build_shards(cfg: PrepareConfig, *, force: bool = False, progress: bool = Tr
     source = describe_source(cfg)
     tokenizer = tokenizer_for(cfg)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    _remove_stale(out)
     shutil.rmtree(tmp, ignore_errors=True)  # only a crashed run with our pid leaves one
     try:
         tmp.mkdir(parents=True)
@@ -54,10 +56,35 @@ def build_shards(cfg: PrepareConfig, *, force: bool = False, progress: bool = Tr
     try:
         meta = _write(cfg, tokenizer, source, tmp, progress)
         _install(tmp, out)
+    except OSError as e:  # disk full, permission denied, a source file gone
+        shutil.rmtree(tmp, ignore_errors=True)
+        what = f"{e.filename}: " if e.filename else ""
+        raise GptkitError(
+            f"prepare stopped ({what}{e.strerror or e}); free disk space or fix permissions and "
+            f"run it again ({out} is unchanged)"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def _remove_stale(out: Path):
+    """Delete the temp/old folders that killed runs (pid no longer alive) left beside out_dir."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = path.name[len(out.name) + 2 :].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process
+    return True
 
 
 def tokenizer_for(cfg: PrepareConfig):
@@ -90,7 +117,12 @@ def _install(tmp: Path, out: Path):
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)  # put the previous output back
+        raise
     shutil.rmtree(old, ignore_errors=True)
     fd = os.open(out.parent, os.O_RDONLY)
     try:

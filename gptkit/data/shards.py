@@ -159,7 +159,7 @@ def read_meta(data_dir: str | Path) -> dict:
         )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise GptkitError(f"{path} is not valid JSON ({e}); run 'gptkit prepare' again") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != META_FORMAT_VERSION:
@@ -167,15 +167,49 @@ def read_meta(data_dir: str | Path) -> dict:
             f"{path} has format_version {version}, this gptkit reads {META_FORMAT_VERSION}; "
             "prepare the data again with this gptkit"
         )
-    for split, info in meta["splits"].items():
-        for shard in info["shards"]:
+    splits = meta.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(i, dict) for i in splits.values()):
+        raise GptkitError(f"{path} has no 'splits' mapping; run 'gptkit prepare --force' again")
+    for split, info in splits.items():
+        for shard in info.get("shards") if isinstance(info.get("shards"), list) else [None]:
+            problem = _shard_problem(shard, split)
+            if problem:
+                raise GptkitError(f"{path} is damaged ({problem}); run 'gptkit prepare --force'")
             f = data_dir / shard["file"]
             if not f.is_file() or f.stat().st_size != shard["bytes"]:
                 raise GptkitError(
                     f"{split} shard {f} is missing or not {shard['bytes']} bytes as {path} says; "
                     "the folder is damaged, run 'gptkit prepare --force' again"
                 )
+    problem = _meta_problem(meta)
+    if problem:
+        raise GptkitError(f"{path} is damaged ({problem}); run 'gptkit prepare --force' again")
     return meta
+
+
+def _shard_problem(shard, split: str) -> str | None:
+    """What is wrong with one shard entry of meta.json (None if nothing)."""
+    file = shard.get("file") if isinstance(shard, dict) else None
+    if not isinstance(file, str) or Path(file).name != file or file in ("", "..") or "\0" in file:
+        return f"a {split} shard entry has no plain file name"
+    if type(shard.get("bytes")) is not int:
+        return f"{split} shard {file} has no byte count"
+    return None
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is wrong with the other fields readers rely on (None if nothing): no KeyError later."""
+    tok, splits = meta.get("tokenizer"), meta["splits"]
+    if not isinstance(tok, dict) or type(tok.get("vocab_size")) is not int:
+        return "no tokenizer with a vocab_size"
+    if not {"train", "val"} <= splits.keys():
+        return "'splits' lacks train or val"
+    for split, info in splits.items():
+        if any(type(s.get("tokens")) is not int or s["tokens"] < 0 for s in info["shards"]):
+            return f"a {split} shard has no token count"
+        if type(info.get("tokens", 0)) is not int:
+            return f"split {split!r} has a non-integer token count"
+    return None
 
 
 def split_files(data_dir: str | Path, split: str) -> list[Path]:

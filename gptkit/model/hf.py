@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -136,23 +137,45 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GptkitError(f"cannot read {path} ({e}); is it a valid config.json?") from None
+    if not isinstance(data, dict):
+        raise GptkitError(f"{path} holds a {type(data).__name__}, not a JSON object; fix the file")
+    return data
 
 
 def _read_weights(folder: Path) -> dict:
+    """The state dict of an HF dir; pytorch_model.bin only through torch's weights_only loader."""
     from safetensors.torch import load_file
 
-    if (folder / "model.safetensors").is_file():
-        return load_file(folder / "model.safetensors")
-    if (folder / "model.safetensors.index.json").is_file():
-        index = _read_json(folder / "model.safetensors.index.json")
-        state = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(folder / shard))
-        return state
-    return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    path = folder / "pytorch_model.bin"
+    try:
+        if (folder / "model.safetensors").is_file():
+            path = folder / "model.safetensors"
+            return load_file(path)
+        if (folder / "model.safetensors.index.json").is_file():
+            path = folder / "model.safetensors.index.json"
+            index = _read_json(path)
+            state = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                path = folder / shard
+                state.update(load_file(path))
+            return state
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise GptkitError(
+            f"refusing to load {path}: it holds Python objects other than tensors, which could "
+            "run code; convert the model to model.safetensors with a trusted tool"
+        ) from None
+    except GptkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors/torch raise several types on bad files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise GptkitError(f"cannot read weights {path} ({first}); is the file complete?") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise GptkitError(f"{path} is not a state dict of tensors; is it a GPT-2 weights file?")
+    return state
 
 
 def _download(name: str) -> Path:
@@ -174,6 +197,7 @@ def _download(name: str) -> Path:
 
 def save_hf(model: GPT, out_dir: str | os.PathLike, *, eot_id: int | None = None):
     """Write `model` as a HF GPT-2 dir (config.json + model.safetensors), atomically."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -181,16 +205,24 @@ def save_hf(model: GPT, out_dir: str | os.PathLike, *, eot_id: int | None = None
         raise GptkitError("save_hf: the LM head is not tied to wte, which HF GPT-2 requires")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptkitError(f"{out} already exists and is not empty; choose a new output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise GptkitError(f"cannot create a folder beside {out} ({e.strerror})") from None
     try:
         save_file(_to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(_hf_config(model, eot_id), indent=2) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, SafetensorError)):  # disk full, no permission
+            reason = getattr(e, "strerror", None) or e
+            raise GptkitError(
+                f"could not write {out} ({reason}); free disk space or fix permissions"
+            ) from None
         raise
 
 

@@ -52,8 +52,8 @@ def save(run_dir, *, step: int, model, state: dict, meta: dict, keep_last: int, 
         _write_json(tmp / "meta.json", {**header, **meta})
         for f in tmp.iterdir():
             _fsync(f)
-        if final.exists():  # MUTATION
-            shutil.rmtree(final)
+        if final.exists():  # re-saving a step: move the old copy aside in one atomic step
+            _discard(final)
         os.replace(tmp, final)
         write_text_atomic(root / "latest", name + "\n")
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save/safetensors: not OSError
@@ -71,7 +71,7 @@ def _prune(root: Path, keep_last: int, keep: set):
     steps = sorted(p.name for p in root.glob("step_*") if p.is_dir())
     for name in steps[:-keep_last]:
         if name not in keep:
-            shutil.rmtree(root / name)
+            _discard(root / name)
     for tmp in root.glob(".tmp_*"):  # left by a killed writer
         if not tmp.name.endswith(f"_{os.getpid()}"):
             shutil.rmtree(tmp, ignore_errors=True)

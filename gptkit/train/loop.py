@@ -69,8 +69,11 @@ def fit(model, optimizer, task: Task, *, cfg: TrainConfig, rt, run_dir, meta: di
             st.step += 1
             steps_since_log += 1
             st.tokens += ntok
-            if not (math.isfinite(loss) and math.isfinite(norm)):
+            # fp16's GradScaler overflows now and then by design: it skips those steps itself
+            if not math.isfinite(loss) or (not math.isfinite(norm) and scaler is None):
                 _count_bad(st, cfg)
+            elif not math.isfinite(norm):
+                st.skipped_steps += 1
             else:
                 st.bad_steps = 0
             done = st.step == max_steps or runtime.any_rank(stop.requested, rt)

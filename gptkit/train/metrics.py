@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from gptkit.errors import GptkitError
+
 # Dense bf16 peak FLOP/s by GPU name fragment (no sparsity); first match wins.
 PEAK_FLOPS = [
     ("H200", 989e12),
@@ -54,7 +56,11 @@ class Metrics:
         self.file = self.bar = self.wandb = None
         if not enabled:
             return
-        self.file = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        self.path = Path(run_dir) / "metrics.jsonl"
+        try:
+            self.file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise GptkitError(f"cannot open {self.path} ({e.strerror}); fix the run dir") from None
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                         dynamic_ncols=True, leave=False, disable=None)  # fmt: skip
         if wandb_cfg is not None and wandb_cfg.enabled:
@@ -66,8 +72,14 @@ class Metrics:
         """Append a record (JSON line, wandb) and print its console line."""
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(_strict(record)) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise GptkitError(
+                f"cannot append to {self.path} ({e.strerror}); free disk space, then resume "
+                "from the last checkpoint"
+            ) from None
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         if console:
@@ -106,6 +118,12 @@ class Metrics:
             self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _strict(record: dict) -> dict:
+    """NaN/inf (a skipped step's loss) as null: json.dumps would write NaN, which is not JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}  # fmt: skip
 
 
 def _start_wandb(cfg, run_dir, config):
