@@ -21,7 +21,7 @@ fi
 "$GPTKIT" pretrain -c configs/demo.yaml
 
 echo "== 3/4 sample: continue 'def ' with the trained model"
-"$GPTKIT" sample runs/demo --prompt "def " --max-new-tokens 300 --temperature 0.8 --seed 1
+"$GPTKIT" sample runs/demo --prompt "def " --max-new-tokens 300 --temperature 0.7 --seed 1
 
 echo
 echo "== 4/4 eval: val loss, perplexity, bits per byte"

@@ -87,12 +87,12 @@ def lm_task(cfg: Config, rt, model) -> Task:
     train = ShardBatches(cfg.data.dir, "train", batch_size=cfg.train.batch_size,
                          grad_accum=cfg.train.grad_accum, sampling=cfg.data.sampling, **common)  # fmt: skip
 
-    def val_batches():
+    def val_batches():  # eval_steps global batches, however they are split into ranks x accum
         return ShardBatches(cfg.data.dir, "val", batch_size=cfg.train.batch_size,
-                            sampling="sequential", **common)  # fmt: skip
+                            grad_accum=cfg.train.grad_accum, sampling="sequential", **common)  # fmt: skip
 
     has_val = _split_tokens(cfg.data.dir, "val") > cfg.model.block_size
-    steps = cfg.train.eval_steps if has_val else 0
+    steps = cfg.train.eval_steps * cfg.train.grad_accum if has_val else 0
     return Task(
         train=train,
         loss=lm_loss,

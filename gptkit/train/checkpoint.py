@@ -68,7 +68,7 @@ def save(run_dir, *, step: int, model, state: dict, meta: dict, keep_last: int, 
 
 
 def _prune(root: Path, keep_last: int, keep: set):
-    steps = sorted(p.name for p in root.glob("step_*") if p.is_dir())
+    steps = sorted((p.name for p in root.glob("step_*") if p.is_dir()), key=_step_number)
     for name in steps[:-keep_last]:
         if name not in keep:
             _discard(root / name)
@@ -92,6 +92,12 @@ def _discard(ckpt: Path):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _step_number(name: str) -> int:
+    """step_000500 -> 500 (numeric order stays right past step 999,999)."""
+    digits = name[len("step_") :]
+    return int(digits) if digits.isdigit() else -1
 
 
 def write_text_atomic(path: Path, text: str):
@@ -174,7 +180,8 @@ def latest_checkpoint(run_dir) -> Path | None:
         if name.startswith("step_") and name.isprintable() and "/" not in name:
             if (root / name / "meta.json").is_file():
                 return root / name
-    done = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+    done = sorted((p for p in root.glob("step_*") if (p / "meta.json").is_file()),
+                  key=lambda p: _step_number(p.name))  # fmt: skip
     return done[-1] if done else None
 
 

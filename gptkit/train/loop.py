@@ -47,18 +47,29 @@ class State:
     skipped_steps: int = 0
     best: float | None = None
     best_name: str | None = None
+    stalls: int = 0  # evaluations since the best one (early stopping)
 
 
 def fit(model, optimizer, task: Task, *, cfg: TrainConfig, rt, run_dir, meta: dict,
         max_steps: int, resume_from=None, wandb_cfg=None, patience: int = 0) -> dict:  # fmt: skip
     """Train until `max_steps` (or a stop signal, or early stopping); return the last metrics."""
     raw = unwrap(model)
-    st = _restore(resume_from, raw, optimizer, task, rt) if resume_from else State()
+    model.train()
     scaler = _grad_scaler(rt)
+    st = _restore(resume_from, raw, optimizer, scaler, task, rt) if resume_from else State()
     metrics = Metrics(run_dir, total_steps=max_steps, start_step=st.step, enabled=rt.is_main,
                       wandb_cfg=wandb_cfg, config=meta.get("config"))  # fmt: skip
+    try:
+        return _loop(model, raw, optimizer, scaler, task, st, metrics, cfg=cfg, rt=rt,
+                     run_dir=run_dir, meta=meta, max_steps=max_steps, patience=patience)  # fmt: skip
+    finally:
+        metrics.close()
+
+
+def _loop(model, raw, optimizer, scaler, task, st, metrics, *, cfg, rt, run_dir, meta, max_steps,
+          patience) -> dict:  # fmt: skip
     peak = peak_flops(rt.device, cfg.peak_flops)
-    last, stalls, t_log, steps_since_log = {}, 0, time.time(), 0
+    last, t_log, steps_since_log = {}, time.time(), 0
     if st.step == 0 and cfg.eval_interval:
         last = _evaluate(model, task, st, metrics)
     with _StopOnSignal() as stop:
@@ -76,21 +87,23 @@ def fit(model, optimizer, task: Task, *, cfg: TrainConfig, rt, run_dir, meta: di
                 st.skipped_steps += 1
             else:
                 st.bad_steps = 0
-            done = st.step == max_steps or runtime.any_rank(stop.requested, rt)
+            signalled = runtime.any_rank(stop.requested, rt)
+            done = st.step == max_steps or signalled
             record, improved = None, False
             if st.step % cfg.log_interval == 0 or done:
                 dt = (time.time() - t_log) / steps_since_log
                 record = _train_record(st, loss, lr, norm, ntok, dt, task, peak)
-            if (cfg.eval_interval and st.step % cfg.eval_interval == 0) or done:
+            due = cfg.eval_interval and st.step % cfg.eval_interval == 0
+            if due or (done and not signalled):  # a signal's grace period is for saving
                 val = _evaluate(model, task, st, metrics, log=False)
                 record = {**(record or {"step": st.step}), **val}
                 improved = _improves(val, st, task)
-                stalls = 0 if improved else stalls + 1
+                st.stalls = 0 if improved else st.stalls + 1
             if record is not None:
                 metrics.log(record)
                 last = record
             metrics.advance()
-            stopping = done or (patience and stalls >= patience)
+            stopping = done or (patience and st.stalls >= patience)
             interval = cfg.ckpt_interval and st.step % cfg.ckpt_interval == 0
             if interval or stopping or improved:
                 _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta)
@@ -98,7 +111,6 @@ def fit(model, optimizer, task: Task, *, cfg: TrainConfig, rt, run_dir, meta: di
                 break
             if record is not None:  # eval and checkpoint time stay out of ms/step
                 t_log, steps_since_log = time.time(), 0
-    metrics.close()
     return last
 
 
@@ -113,6 +125,7 @@ def _train_step(model, optimizer, task, cfg, rt, scaler):
                 loss = task.loss(model, batch) / cfg.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach().float().item()
+    total = runtime.all_reduce_mean(total, rt)  # every rank decides on the same numbers
     if scaler:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
@@ -124,7 +137,7 @@ def _train_step(model, optimizer, task, cfg, rt, scaler):
     elif math.isfinite(norm) and math.isfinite(total):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return runtime.all_reduce_mean(total, rt), norm, ntok * rt.world_size
+    return total, norm, ntok * rt.world_size
 
 
 def _count_bad(st: State, cfg: TrainConfig):
@@ -167,9 +180,10 @@ def _improves(val: dict, st: State, task: Task) -> bool:
 
 def _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta):
     weights, opt_state = runtime.state_dicts(raw, optimizer)  # collective under FSDP
+    rngs = runtime.gather_objects(checkpoint.rng_state(), rt)  # each rank's dropout stream
     if rt.is_main:
         state = {"optimizer": opt_state, "scaler": scaler.state_dict() if scaler else None,
-                 "rng": checkpoint.rng_state(), "loader": task.train.state_dict(),
+                 "rng": rngs, "loader": task.train.state_dict(),
                  "train": vars(st).copy()}  # fmt: skip
         extra = {"step": st.step, "tokens": st.tokens, "best": st.best_name}
         checkpoint.save(run_dir, step=st.step, model=weights, state=state, meta={**meta, **extra},
@@ -177,13 +191,19 @@ def _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta):
     runtime.barrier(rt)
 
 
-def _restore(ckpt, raw, optimizer, task, rt) -> State:
+def _restore(ckpt, raw, optimizer, scaler, task, rt) -> State:
     """Load optimizer, loader, counters and RNG from a checkpoint (weights are loaded earlier)."""
     state = checkpoint.read_state(ckpt)
     try:
         runtime.load_optimizer_state(raw, optimizer, state["optimizer"])
         task.train.load_state_dict(state["loader"])
-        checkpoint.set_rng_state(state["rng"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == rt.world_size:
+            checkpoint.set_rng_state(rngs[rt.rank])
+        else:  # resumed on another number of ranks: a fresh, still per-rank, stream
+            torch.manual_seed(hash((len(rngs), rt.rank, state["train"]["step"])) % 2**31)
         return State(**state["train"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # loads, but not our layout
         raise GptkitError(

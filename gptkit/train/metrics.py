@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from tqdm import tqdm
@@ -58,6 +60,8 @@ class Metrics:
             return
         self.path = Path(run_dir) / "metrics.jsonl"
         try:
+            if start_step and self.path.exists():
+                _drop_after(self.path, start_step)
             self.file = open(self.path, "a", encoding="utf-8")
         except OSError as e:
             raise GptkitError(f"cannot open {self.path} ({e.strerror}); fix the run dir") from None
@@ -126,17 +130,36 @@ def _strict(record: dict) -> dict:
             for k, v in record.items()}  # fmt: skip
 
 
+def _drop_after(path: Path, step: int):
+    """A resumed run re-logs the steps after its checkpoint: drop their earlier records."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:  # a torn last line from a killed run
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _start_wandb(cfg, run_dir, config):
     import wandb  # imported only when enabled
 
-    return wandb.init(
-        project=cfg.project,
-        name=cfg.run_name or Path(run_dir).name,
-        mode=cfg.mode,
-        dir=str(run_dir),
-        config=config,
-        resume="allow",
-    )
+    id_file = Path(run_dir) / "wandb_id.txt"  # the same wandb run across resumes
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+    id_file.write_text(run_id + "\n")
+    try:
+        return wandb.init(project=cfg.project, name=cfg.run_name or Path(run_dir).name,
+                          mode=cfg.mode, dir=str(run_dir), config=config, id=run_id,
+                          resume="allow")  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - wandb raises its own types (no login, no network)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GptkitError(
+            f"wandb could not start ({first}); run 'wandb login', or set "
+            "logging.wandb.mode=offline (sync later) or logging.wandb.enabled=false"
+        ) from None
 
 
 def _fmt_time(seconds: float) -> str:

@@ -60,8 +60,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         if name == "float16" and device.type == "cpu":
             raise GptkitError("dtype float16 is very slow on CPU; use bfloat16 or float32")
         return _DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":  # bf16 tensor cores from Ampere (8.x) on; older GPUs only emulate it
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     if device.type == "cpu" and _cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
@@ -182,6 +183,15 @@ def any_rank(flag: bool, rt: Runtime) -> bool:
     t = torch.tensor([int(flag)], device=rt.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_objects(obj, rt: Runtime) -> list:
+    """[obj of rank 0, ..., obj of rank N-1] on every rank."""
+    if not rt.distributed:
+        return [obj]
+    out = [None] * rt.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(rt: Runtime):
