@@ -11,10 +11,15 @@ export HF_HUB_OFFLINE ?= 1
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# runtime only (what `make demo` needs), then the dev tools and test references on top
+$(VENV)/.installed-runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-runtime
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
@@ -29,7 +34,7 @@ format: install
 	$(BIN)/ruff check --fix gptkit tests scripts
 	$(BIN)/ruff format gptkit tests scripts
 
-demo: install
+demo: $(VENV)/.installed-runtime
 	bash scripts/demo.sh
 
 bench: install
