@@ -179,7 +179,7 @@ class FinetuneConfig:
     head: str = "classification"
     """lm | classification | regression | token_classification"""
     train_file: str | None = None
-    """labelled training data: .jsonl/.csv/.parquet or hf:NAME[:SPLIT]"""
+    """labelled training data: .jsonl/.json/.csv/.parquet or hf:NAME[:SPLIT]"""
     val_file: str | None = None
     """labelled validation data (null = a seeded split of train_file)"""
     val_fraction: float = 0.1

@@ -81,6 +81,34 @@ def test_hf_dir_needs_data_and_scores_like_the_run(work, tmp_path):
         evaluate(tmp_path / "hf", data=work / "data")
 
 
+def test_safetensors_export_evaluates_re_exports_and_fine_tunes(work, tmp_path, capsys):
+    from gptkit.commands.finetune import finetune
+
+    out = tmp_path / "exp"
+    assert main(["export", str(work / "run"), "--format", "safetensors", "--out", str(out)]) == 0
+    assert not hf.is_hf_dir(out)  # config.json + model.safetensors, but in gptkit's own names
+    ours = evaluate(work / "run", max_batches=2, batch_size=4, device="cpu")
+    theirs = evaluate(out, data=work / "data", max_batches=2, batch_size=4, device="cpu")
+    assert theirs["loss"] == ours["loss"] and theirs["step"] == ours["step"] == 6
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 2  # no run of its own to take the data from
+    err = capsys.readouterr().err
+    assert err.startswith("gptkit: error: ") and "pass --data" in err and len(err.splitlines()) == 1
+    assert main(["export", str(out), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf/gptkit.json").read_text())["step"] == 6
+    rows = [{"text": f"{w} and more", "label": w} for w in ("yes", "no") * 8]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    finetune(load_config(None, [f"finetune.init_from={out}", f"train.out_dir={tmp_path}/ft",
+                                f"finetune.train_file={tmp_path}/rows.jsonl",
+                                "finetune.freeze=backbone", "train.device=cpu",
+                                "train.dtype=float32", "train.batch_size=4", "train.max_steps=1",
+                                "train.warmup_steps=0", "train.eval_interval=0"]))  # fmt: skip
+    tuned = checkpoint.read_weights(checkpoint.find(tmp_path / "ft") / "model.safetensors")
+    run = checkpoint.read_weights(checkpoint.find(work / "run") / "model.safetensors")
+    backbone = [k for k in run if k.startswith("transformer.")]
+    assert backbone and all(torch.equal(tuned[k], run[k]) for k in backbone)  # frozen, bit-exact
+
+
 def test_data_with_another_tokenizer_is_refused(work, tmp_path):
     other = tmp_path / "data"
     shutil.copytree(work / "data", other)

@@ -3,9 +3,11 @@ classification, freezing, early stopping, resumable batches, and one-line errors
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,14 @@ def _weights(run):
     return checkpoint.read_weights(checkpoint.find(run) / "model.safetensors")
 
 
+def _records(run):
+    return [json.loads(line) for line in open(run / "metrics.jsonl")]
+
+
+def _val_rows(work, name):
+    return [json.loads(line) for line in open(work / f"{name}_val.jsonl")]
+
+
 def test_classification_learns_a_keyword_task(work):
     cfg = _cfg(work, "cls", "train.max_steps=60", "train.warmup_steps=10",
                "train.eval_interval=20", "finetune.head_lr=6e-3")  # fmt: skip
@@ -102,6 +112,29 @@ def test_lora_keeps_backbone_bit_identical_and_merges(work):
         torch.testing.assert_close(merged.eval()(idx), adapted.eval()(idx), atol=1e-5, rtol=0)
 
 
+def test_model_dropout_reaches_every_dropout_of_the_backbone(work):
+    from gptkit.commands.finetune import _apply_model_section, load_backbone
+
+    model, _, _ = load_backbone(str(work / "backbone"))
+    _apply_model_section(model, GPTConfig(dropout=0.2), "backbone")
+    assert model.config.dropout == model.transformer.config.dropout == 0.2
+    drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [0.2] * (1 + 2 * CFG.n_layer)  # embeddings; attention and MLP residuals
+    assert [block.attn.dropout for block in model.transformer.h] == [0.2] * CFG.n_layer
+    # a model key equal to the backbone's (as in a run's own config.yaml) is not a shape change
+    finetune(_cfg(work, "drop", "model.dropout=0.1", "model.n_layer=2", "train.max_steps=1",
+                  "train.warmup_steps=0"))  # fmt: skip
+    meta = checkpoint.read_meta(checkpoint.find(work / "drop"))
+    assert meta["config"]["model"] == {**to_dict(CFG), "dropout": 0.1}
+
+
+def test_finetune_presets_leave_the_model_section_to_the_backbone():
+    presets = sorted(ROOT.glob("configs/finetune_*.yaml"))
+    assert presets
+    for preset in presets:
+        assert load_config(preset).model == GPTConfig(), preset
+
+
 def test_freezing_a_tied_lm_head_leaves_nothing_to_train(work):
     cfg = _cfg(work, "nothing", "finetune.head=lm", "finetune.freeze=backbone",
                "finetune.prompt_field=prompt", f"finetune.train_file={work}/sft_train.jsonl",
@@ -133,20 +166,34 @@ def test_sft_puts_no_loss_on_the_prompt(work):
     assert (target[2] == -100).all() and (target[:, : n_prompt - 1] == -100).all()
     last = finetune(_cfg(work, "sft", "finetune.head=lm", "finetune.prompt_field=prompt",
                          f"finetune.train_file={work}/sft_train.jsonl",
-                         f"finetune.val_file={work}/sft_val.jsonl"))  # fmt: skip
-    assert last["val_loss"] < 6 and "val_ppl" in last
+                         f"finetune.val_file={work}/sft_val.jsonl", "train.max_steps=20",
+                         "train.eval_interval=20"))  # fmt: skip
+    first = _records(work / "sft")[0]
+    assert first["step"] == 0, first
+    assert last["val_loss"] < first["val_loss"] - 1.5, (first, last)  # the untrained model
+    assert last["val_ppl"] == pytest.approx(math.exp(last["val_loss"]))
     assert checkpoint.read_meta(checkpoint.find(work / "sft"))["head"] == {"name": "lm"}
 
 
-def test_regression_and_token_classification_train(work):
+def test_regression_beats_the_mean_and_token_classification_the_majority(work):
     reg = finetune(_cfg(work, "reg", "finetune.head=regression", "finetune.label_field=target",
                         f"finetune.train_file={work}/regress_train.jsonl",
-                        f"finetune.val_file={work}/regress_val.jsonl"))  # fmt: skip
-    assert {"val_mse", "val_mae"} <= set(reg)
+                        f"finetune.val_file={work}/regress_val.jsonl", "train.max_steps=60",
+                        "train.warmup_steps=5"))  # fmt: skip
+    targets = torch.tensor([r["target"] for r in _val_rows(work, "regress")])
+    variance = targets.var(unbiased=False).item()  # the MSE of always predicting the mean
+    assert reg["val_mse"] < 0.5 * variance, (reg, variance)
     tok = finetune(_cfg(work, "tok", "finetune.head=token_classification",
                         "finetune.label_field=tags", f"finetune.train_file={work}/ner_train.jsonl",
-                        f"finetune.val_file={work}/ner_val.jsonl"))  # fmt: skip
-    assert {"val_acc", "val_f1"} <= set(tok)
+                        f"finetune.val_file={work}/ner_val.jsonl", "finetune.label_subtoken=last",
+                        "train.max_steps=20", "train.warmup_steps=5"))  # fmt: skip
+    ft = _cfg(work, "x", "finetune.label_field=tags", "finetune.label_subtoken=last").finetune
+    val = labeled.encode(_val_rows(work, "ner"), kind="token_classification",
+                         tok=get_tokenizer("byte"), ft=ft, labels=["FRUIT", "O"], block_size=64,
+                         where="ner_val")  # fmt: skip
+    scored = Counter(t for e in val for t in e.target if t != -100)  # the words val_acc counts
+    majority = max(scored.values()) / sum(scored.values())  # always answering "O"
+    assert tok["val_acc"] > majority + 0.1, (tok, majority)
 
 
 def test_token_labels_go_on_each_words_first_sub_token():
@@ -165,13 +212,24 @@ def test_token_labels_go_on_each_words_first_sub_token():
 def test_freeze_first_layers_and_early_stopping(work):
     last = finetune(_cfg(work, "frz", "finetune.freeze=first_n_layers:1", "train.max_steps=50",
                          "train.lr=1e-9", "train.min_lr=0", "train.eval_interval=1",
-                         "finetune.early_stopping=1"))  # fmt: skip
+                         "finetune.early_stopping=1", "finetune.head_lr=2e-9"))  # fmt: skip
     assert last["step"] < 50  # a flat val metric stops the run early
     before, after = _weights(work / "backbone"), _weights(work / "frz")
-    assert torch.equal(
-        after["transformer.h.0.attn.c_attn.weight"], before["transformer.h.0.attn.c_attn.weight"]
-    )
-    assert torch.equal(after["transformer.wte.weight"], before["transformer.wte.weight"])
+    for frozen in ("h.0.attn.c_attn.weight", "h.0.mlp.c_fc.bias", "wte.weight", "wpe.weight"):
+        assert torch.equal(after[f"transformer.{frozen}"], before[f"transformer.{frozen}"]), frozen
+    for trained in ("h.1.attn.c_attn.weight", "h.1.mlp.c_fc.bias", "ln_f.bias"):
+        key = f"transformer.{trained}"
+        assert not torch.equal(after[key], before[key]), trained  # tiny lr, but it moved
+    # the fresh head (no "before" to compare with) took optimizer steps: AdamW state is kept
+    # only for parameters that got gradients, and the head's group is the one at 2x the lr
+    opt = checkpoint.read_state(checkpoint.find(work / "frz"))["optimizer"]
+    head_ids = [i for g in opt["param_groups"] if g["lr_scale"] == 2.0 for i in g["params"]]
+    assert len(head_ids) == 1  # head.score.weight
+    assert all(opt["state"][i]["exp_avg"].abs().sum() > 0 for i in head_ids)
+    trainable = [
+        k for k in after if k.startswith(("transformer.h.1.", "transformer.ln_f.", "head."))
+    ]
+    assert sum(len(g["params"]) for g in opt["param_groups"]) == len(trainable)
 
 
 def test_csv_and_parquet_rows_and_string_int_labels(tmp_path):
@@ -186,6 +244,13 @@ def test_csv_and_parquet_rows_and_string_int_labels(tmp_path):
                               where="d.csv") == ["9", "10"]  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     assert labeled.read_rows(str(tmp_path / "d.parquet")) == rows
+    (tmp_path / "d.json").write_text(json.dumps(rows, indent=2))  # Alpaca style: one array
+    assert labeled.read_rows(str(tmp_path / "d.json")) == rows
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert labeled.read_rows(str(tmp_path / "lines.json")) == rows  # JSON lines still work
+    (tmp_path / "bad.json").write_text('[{"text": "a", "label": "x"}, "b"]')
+    with pytest.raises(GptkitError, match="item 2 of the array in .*bad.json is not a JSON obj"):
+        labeled.read_rows(str(tmp_path / "bad.json"))
     train, val = labeled.split_rows(list(range(10)), 0.2, seed=1)
     assert len(val) == 2 and sorted(train + val) == list(range(10))
     assert labeled.split_rows(list(range(10)), 0.2, seed=1) == (train, val)
@@ -222,7 +287,14 @@ BAD = {
     "label_field_missing": (["finetune.label_field: category"], "has no field 'category'"),
     "num_labels_disagree": (["finetune.num_labels: 2"], "finetune.num_labels is 2 but"),
     "init_from_missing": (["finetune.init_from: {w}/nope"], "finetune.init_from {w}/nope does not"),
-}
+    "model_shape_set": (["model.n_layer: 4"], "remove model.n_layer from the config"),
+    "jsonl_not_utf8": (["finetune.train_file: {w}/latin1.jsonl"], "latin1.jsonl is not UTF-8"),
+    "csv_not_utf8": (["finetune.val_file: {w}/latin1.csv"], "{w}/latin1.csv is not UTF-8 text"),
+    "parquet_corrupt": (["finetune.train_file: {w}/broken.parquet"],
+                        "{w}/broken.parquet is not a readable parquet file"),
+    "out_dir_is_a_file": (["train.out_dir: {w}/a_file"],
+                          "cannot write the run folder train.out_dir={w}/a_file"),
+}  # fmt: skip
 SUBPROCESS = ("val_label_unseen", "init_from_other_arch", "unknown_head")
 
 
@@ -233,6 +305,12 @@ def bad_configs(work):
     (work / "bert").mkdir()
     (work / "bert/config.json").write_text('{"model_type": "bert"}')
     (work / "bert/model.safetensors").write_bytes(b"")
+    (work / "latin1.jsonl").write_bytes(
+        '{"text": "café apple", "label": "apple"}\n'.encode("latin-1")
+    )
+    (work / "latin1.csv").write_bytes("text,label\ncafé apple,apple\n".encode("latin-1"))
+    (work / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    (work / "a_file").write_text("a file, not a folder\n")
     paths = {}
     for name, (lines, _) in BAD.items():
         paths[name] = work / f"{name}.yaml"

@@ -108,3 +108,16 @@ def test_lm_run_and_missing_field_are_user_errors(tmp_path, capsys):
     assert main(["predict", str(cls), "--input", str(tmp_path / "in.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptkit: error: row 1 of the input has no field 'text'")
+
+
+def test_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
+    cls = _save(tmp_path / "cls", {"name": "classification", "num_labels": 2, "labels": [0, 1]})
+    (tmp_path / "in.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    (tmp_path / "a_file").write_text("")  # a file where --output needs a folder
+    out = tmp_path / "a_file" / "out.jsonl"
+    argv = ["predict", str(cls), "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gptkit: error: cannot write --output {out} ("), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

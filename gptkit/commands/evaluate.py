@@ -1,9 +1,9 @@
 """`gptkit eval PATH`: loss, perplexity and bits-per-byte of a model on a prepared split.
 
     gptkit eval runs/demo [--data data/demo] [--split val] [--max-batches 50] [--batch-size 8]
-PATH is a run, checkpoint or local HF GPT-2 dir (HF dirs need --data). Windows are read in
-order, so the numbers are deterministic. Fine-tuned classifiers/regressors report the
-RUN_DIR/metrics.json that `gptkit finetune` wrote.
+PATH is a run, checkpoint, `gptkit export` or local HF GPT-2 dir (exports and HF dirs need
+--data). Windows are read in order, so the numbers are deterministic. Fine-tuned
+classifiers/regressors report the RUN_DIR/metrics.json that `gptkit finetune` wrote.
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ def evaluate(path, *, data=None, split="val", max_batches=50, batch_size=8, devi
     if max_batches < 1 or batch_size < 1:
         raise GptkitError("--max-batches and --batch-size must be >= 1")
     dev = runtime.resolve_device(device)
-    if str(path).startswith("hf:") or hf.is_hf_dir(path):
+    export = checkpoint.export_config(path)  # a `gptkit export --format safetensors` dir
+    if export is not None:
+        _check_export(path, export, data)
+        tok_spec, step = checkpoint.load_tokenizer(path).spec(), export.get("step")
+        load = lambda: checkpoint.load_model(path)  # noqa: E731
+    elif str(path).startswith("hf:") or hf.is_hf_dir(path):
         if data is None:
             raise GptkitError(
                 f"{path} is a Hugging Face dir with no training data of its own; pass "
@@ -66,6 +71,21 @@ def evaluate(path, *, data=None, split="val", max_batches=50, batch_size=8, devi
     return {"path": str(path), "step": step, "data": str(data), "split": split, **scores,
             "ppl": math.exp(min(scores["loss"], 50.0)), "bpb": bpb,
             "tokens_per_byte": tokens_per_byte}  # fmt: skip
+
+
+def _check_export(path, export: dict, data):
+    """An exported model is scored on --data, and only as a language model."""
+    head = export.get("head", {"name": "lm"}).get("name")
+    if head != "lm":
+        raise GptkitError(
+            f"{path} is an exported {head} model; eval scores language models (a fine-tuned "
+            "run dir reports its metrics.json; 'gptkit predict' labels rows)"
+        )
+    if data is None:
+        raise GptkitError(
+            f"{path} is an exported model dir with no training data of its own; pass --data DIR "
+            "(a folder written by 'gptkit prepare' with the model's tokenizer)"
+        )
 
 
 def _run_data_dir(ckpt: Path, meta: dict) -> str:

@@ -36,7 +36,7 @@ def run(args) -> int:
 
 
 def export(path, *, fmt: str, out) -> Path:
-    """Write the model at `path` (run, checkpoint or HF dir) to `out` in format `fmt`."""
+    """Write the model at `path` (run, checkpoint, export or HF dir) to `out` in format `fmt`."""
     if fmt not in FORMATS:
         raise GptkitError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -71,6 +71,9 @@ def export(path, *, fmt: str, out) -> Path:
 
 def _load(path):
     """(model with LoRA merged, meta with at least tokenizer and head) from any model path."""
+    export = checkpoint.export_config(path)
+    if export is not None:  # a `--format safetensors` export: its config.json is the meta
+        return checkpoint.load_model(path), export
     if str(path).startswith("hf:") or hf.is_hf_dir(path):
         spec = checkpoint.load_tokenizer(path).spec()
         return hf.load_hf(path), {"tokenizer": spec, "head": {"name": "lm"}}

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gptkit.commands.pretrain import resume_checkpoint, seed_everything
 from gptkit.config import Config, dump_yaml, to_dict
 from gptkit.data import labeled
 from gptkit.errors import GptkitError
 from gptkit.model import hf, lora
+from gptkit.model.gpt import CausalSelfAttention, GPTConfig
 from gptkit.model.heads import HEADS, swap_head
 from gptkit.train import checkpoint, runtime
 from gptkit.train.loop import Task, fit, lm_loss, unwrap
@@ -49,6 +51,7 @@ def _finetune(cfg: Config, rt) -> dict:
     ft, run_dir = cfg.finetune, Path(cfg.train.out_dir)
     _check_out_dir(run_dir, ft.init_from)
     model, source_head, tok = load_backbone(ft.init_from)
+    _apply_model_section(model, cfg.model, ft.init_from)
     cfg = dataclasses.replace(cfg, model=model.config)  # the run's model is the backbone's
     kind = "sft" if ft.head == "lm" and ft.prompt_field else ft.head
     train_ex, val_ex, head = _examples(cfg, kind, tok, source_head)
@@ -85,8 +88,14 @@ def _finetune(cfg: Config, rt) -> dict:
 
 def _announce(cfg: Config, rt, model, trainable: int, *, kind: str, sizes, ckpt):
     run_dir = Path(cfg.train.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    except OSError as e:  # out_dir is a file, read-only, disk full
+        raise GptkitError(
+            f"cannot write the run folder train.out_dir={run_dir} ({e.strerror or e}); set "
+            "train.out_dir to a writable folder"
+        ) from None
     where = f"resuming from {ckpt}" if ckpt else "starting fresh"
     runtime.print0(
         f"gptkit finetune: {kind} head on {cfg.finetune.init_from} | {trainable / 1e6:.3f}M of "
@@ -113,13 +122,17 @@ def _check_out_dir(run_dir: Path, init_from: str):
 
 
 def load_backbone(path: str):
-    """A gptkit run/checkpoint or a local HF GPT-2 dir -> (GPT with its own head, head spec,
-    tokenizer). Backbone weights load bit for bit; LoRA checkpoints come back merged."""
+    """A gptkit run/checkpoint/export or a local HF GPT-2 dir -> (GPT with its own head, head
+    spec, tokenizer). Backbone weights load bit for bit; LoRA checkpoints come back merged."""
     if not str(path).startswith("hf:") and not Path(path).exists():
         raise GptkitError(
             f"finetune.init_from {path} does not exist; pass a gptkit run or checkpoint dir "
             "(e.g. runs/demo from 'make demo') or a local Hugging Face GPT-2 dir"
         )
+    export = checkpoint.export_config(path)
+    if export is not None:  # `gptkit export --format safetensors`: config.json is its meta
+        head = export.get("head", {"name": "lm"})
+        return checkpoint.load_model(path), head, checkpoint.load_tokenizer(path)
     if str(path).startswith("hf:") or hf.is_hf_dir(path):
         return hf.load_hf(path), {"name": "lm"}, checkpoint.load_tokenizer(path)
     ckpt = checkpoint.find(path)
@@ -127,11 +140,32 @@ def load_backbone(path: str):
     return model, meta.get("head", {"name": "lm"}), checkpoint.load_tokenizer(ckpt)
 
 
+def _apply_model_section(model, user: GPTConfig, init_from: str):
+    """Put the config's `model.dropout` on the backbone; other model.* keys are an error, as the
+    shape comes from the backbone (a key equal to the backbone's, as in a run's config.yaml, is
+    fine)."""
+    defaults = GPTConfig()
+    for name in (f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"):
+        if getattr(user, name) not in (getattr(defaults, name), getattr(model.config, name)):
+            raise GptkitError(
+                f"finetune takes the model shape from finetune.init_from ({init_from}); remove "
+                f"model.{name} from the config"
+            )
+    model.config.dropout = user.dropout  # the same object as model.transformer.config
+    for module in model.modules():  # before LoRA: its adapters keep finetune.lora.dropout
+        if isinstance(module, nn.Dropout):
+            module.p = user.dropout
+        elif isinstance(module, CausalSelfAttention):
+            module.dropout = user.dropout  # SDPA's dropout_p on the attention weights
+
+
 def _examples(cfg: Config, kind: str, tok, source_head: dict):
     """Read, split and encode the data; return (train, val examples, head spec)."""
     ft = cfg.finetune
     if ft.train_file is None:
-        raise GptkitError("finetune.train_file is not set; point it at a .jsonl/.csv/.parquet")
+        raise GptkitError(
+            "finetune.train_file is not set; point it at a .jsonl/.json/.csv/.parquet"
+        )
     rows = labeled.read_rows(ft.train_file)
     if ft.val_file:
         train_rows, val_rows, val_where = rows, labeled.read_rows(ft.val_file), ft.val_file

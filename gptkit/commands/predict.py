@@ -108,8 +108,13 @@ def run(args) -> int:
         for r in predict(model, tok, rows, spec=spec, ft=ft)
     )
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_text_atomic(Path(args.output), text)
+        try:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text_atomic(Path(args.output), text)
+        except OSError as e:  # a file where a folder should be, no permission, disk full
+            raise GptkitError(
+                f"cannot write --output {args.output} ({e.strerror or e}); pass a writable path"
+            ) from None
     else:
         sys.stdout.write(text)
     return 0

@@ -1,6 +1,6 @@
 """Labelled data for fine-tuning: rows -> token ids + targets -> padded, resumable batches.
 
-`read_rows("train.jsonl")` (also .csv, .parquet, hf:NAME[:SPLIT]) -> list of dicts;
+`read_rows("train.jsonl")` (also .json arrays, .csv, .parquet, hf:NAME[:SPLIT]) -> list of dicts;
 `label_list` builds the label <-> id map; `encode(rows, kind=..., ...)` -> `Example`s;
 `LabeledBatches` streams shuffled, rank-sharded training batches (exact resume from two ints);
 `eval_batches` covers a val set once. Padding uses end-of-text and is masked out everywhere.
@@ -35,23 +35,33 @@ class Example:
 
 
 def read_rows(source: str) -> list[dict]:
-    """All rows of a .jsonl/.csv/.parquet file or `hf:NAME[:SPLIT]` dataset, as dicts."""
+    """All rows of a .jsonl/.json/.csv/.parquet file or `hf:NAME[:SPLIT]` dataset, as dicts."""
     if source.startswith("hf:"):
         return _read_hf(source[3:])
     path = Path(source)
     if not path.is_file():
         raise GptkitError(f"data file {source} not found; check finetune.train_file/val_file")
-    if path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            return parse_jsonl(f, str(path))
-    if path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # installed with `datasets`
-
-        return pq.read_table(path).to_pylist()
-    raise GptkitError(f"{source}: unknown data format; use .jsonl, .csv, .parquet or hf:NAME")
+        return _read_parquet(path)
+    if path.suffix not in (".jsonl", ".json", ".csv"):
+        raise GptkitError(
+            f"{source}: unknown data format; use .jsonl, .json, .csv, .parquet or hf:NAME"
+        )
+    try:
+        with open(path, encoding="utf-8", newline="" if path.suffix == ".csv" else None) as f:
+            if path.suffix == ".csv":
+                return list(csv.DictReader(f))
+            if path.suffix == ".json":
+                return _parse_json_array(f.read(), source)
+            return parse_jsonl(f, source)
+    except UnicodeDecodeError as e:
+        raise GptkitError(
+            f"{source} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise GptkitError(f"{source} is not valid CSV ({e}); fix it") from None
+    except OSError as e:
+        raise GptkitError(f"cannot read {source} ({e.strerror or e}); check the file") from None
 
 
 def parse_jsonl(lines, where: str) -> list[dict]:
@@ -68,6 +78,33 @@ def parse_jsonl(lines, where: str) -> list[dict]:
             raise GptkitError(f"{where} line {i} is not a JSON object ({{...}}); fix it")
         rows.append(row)
     return rows
+
+
+def _parse_json_array(text: str, where: str) -> list[dict]:
+    """A .json file: one top-level array of row objects (Alpaca style), else JSON lines."""
+    if not text.lstrip().startswith("["):
+        return parse_jsonl(text.split("\n"), where)  # not splitlines: U+2028 is valid in JSON
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GptkitError(
+            f"{where} is not valid JSON ({e.msg} at line {e.lineno}); fix it"
+        ) from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise GptkitError(f"item {i + 1} of the array in {where} is not a JSON object; fix it")
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq  # installed with `datasets`
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first.split("': ", 1)[-1].split(". ")[0][:160]  # pyarrow names the path first
+        raise GptkitError(f"{path} is not a readable parquet file ({first}); rewrite it") from None
 
 
 def _read_hf(spec: str) -> list[dict]:

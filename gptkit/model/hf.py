@@ -32,7 +32,19 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 def is_hf_dir(path) -> bool:
     """True if `path` is a folder with a Hugging Face config.json and a weights file."""
     p = Path(path)
-    return (p / "config.json").is_file() and any((p / f).is_file() for f in _WEIGHT_FILES)
+    if not (p / "config.json").is_file() or not any((p / f).is_file() for f in _WEIGHT_FILES):
+        return False
+    return not _is_gptkit_export(p / "config.json")
+
+
+def _is_gptkit_export(config: Path) -> bool:
+    """`gptkit export --format safetensors` writes config.json + model.safetensors too, in our
+    own key names: its config.json says "format": "gptkit" (checkpoint.load_model reads it)."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return False  # load_hf reports the unreadable file
+    return isinstance(data, dict) and data.get("format") == "gptkit"
 
 
 def load_hf(path_or_name: str | os.PathLike) -> GPT:

@@ -254,7 +254,7 @@ def load_model(path, device="cpu") -> GPT:
     """A run dir, checkpoint dir, gptkit/HF export dir or hf:NAME -> model in eval mode."""
     from gptkit.model import hf
 
-    export = _export_config(path)
+    export = export_config(path)
     if export is not None and export.get("format") == "gptkit":  # export --format safetensors
         model = _model_from_export(Path(path), export)
     elif str(path).startswith("hf:") or hf.is_hf_dir(path):
@@ -269,7 +269,7 @@ def load_tokenizer(path):
     from gptkit.data.tokenizer import get_tokenizer
     from gptkit.model import hf
 
-    export = _export_config(path)
+    export = export_config(path)
     if export is not None and "tokenizer" in export:
         return get_tokenizer(export["tokenizer"])
     sidecar = Path(str(path)) / "gptkit.json"  # written beside an HF export by `gptkit export`
@@ -283,7 +283,7 @@ def load_tokenizer(path):
     return get_tokenizer(meta["tokenizer"])
 
 
-def _export_config(path) -> dict | None:
+def export_config(path) -> dict | None:
     """config.json of a `gptkit export --format safetensors` dir, else None."""
     p = Path(str(path)) / "config.json"
     if str(path).startswith("hf:") or not p.is_file():
