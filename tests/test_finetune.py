@@ -175,6 +175,20 @@ def test_sft_puts_no_loss_on_the_prompt(work):
     assert checkpoint.read_meta(checkpoint.find(work / "sft"))["head"] == {"name": "lm"}
 
 
+def test_sft_loss_is_a_token_mean_whatever_the_accumulation_split(work):
+    """Completions differ in length: batch 8 == batch 4 x grad_accum 2, step for step."""
+    sft = ["finetune.head=lm", "finetune.prompt_field=prompt", "train.max_steps=4",
+           f"finetune.train_file={work}/sft_train.jsonl", "train.log_interval=1",
+           f"finetune.val_file={work}/sft_val.jsonl"]  # fmt: skip
+    finetune(_cfg(work, "sft8", *sft, "train.batch_size=8"))
+    finetune(_cfg(work, "sft4x2", *sft, "train.batch_size=4", "train.grad_accum=2"))
+    a = {r["step"]: r["loss"] for r in _records(work / "sft8") if "loss" in r}
+    b = {r["step"]: r["loss"] for r in _records(work / "sft4x2") if "loss" in r}
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], abs=1e-5), (step, a, b)
+
+
 def test_regression_beats_the_mean_and_token_classification_the_majority(work):
     reg = finetune(_cfg(work, "reg", "finetune.head=regression", "finetune.label_field=target",
                         f"finetune.train_file={work}/regress_train.jsonl",

@@ -261,18 +261,32 @@ def finetune_task(kind: str, model, train_ex, val_ex, *, cfg: Config, rt, pad_id
 
     best_key, best_mode = BEST[kind]
     return Task(train=train, loss=_lm_loss if kind in ("lm", "sft") else _head_loss,
-                evaluate=evaluate, tokens=lambda batch: batch[0].numel(), best_key=best_key,
-                best_mode=best_mode, flops_per_token=model.flops_per_token())  # fmt: skip
+                evaluate=evaluate, tokens=lambda batch: batch[0].numel(), count=_targets,
+                best_key=best_key, best_mode=best_mode,
+                flops_per_token=model.flops_per_token())  # fmt: skip
+
+
+def _targets(batch) -> int:
+    """Loss targets of a micro-batch: labelled tokens (lm, sft, token labels) or rows."""
+    target = batch[2]
+    if target.dtype == torch.long and target.dim() == 2:
+        return int((target != -100).sum())
+    return target.shape[0]
 
 
 def _lm_loss(model, batch):
     idx, _, target = batch  # right padding: causal attention never sees it, targets are -100
+    if not (target != -100).any():  # nothing to learn here: a zero loss, not 0/0
+        return model(idx).sum() * 0.0
     return lm_loss(model, (idx, target))
 
 
 def _head_loss(model, batch):
     idx, mask, target = batch
-    return unwrap(model).head.loss(model(idx, attention_mask=mask), target)
+    out = model(idx, attention_mask=mask)
+    if target.dtype == torch.long and target.dim() == 2 and not (target != -100).any():
+        return out.sum() * 0.0
+    return unwrap(model).head.loss(out, target)
 
 
 @torch.no_grad()

@@ -32,6 +32,10 @@ class Task:
     loss: Callable  # (model, batch) -> mean loss of the micro-batch
     evaluate: Callable  # (model) -> {"val_loss": ..., ...} averaged over ranks
     tokens: Callable = lambda batch: batch[0].numel()  # tokens in a micro-batch
+    # Loss targets in a micro-batch, for losses that average over a varying number of targets
+    # (padded SFT, token labels): micro-batches are then weighted so a step's loss is the mean
+    # over every target of the global batch, whatever its split into ranks x accumulation.
+    count: Callable | None = None
     best_key: str = "val_loss"  # metric that picks the best checkpoint
     best_mode: str = "min"  # or "max"
     flops_per_token: float | None = None  # for MFU
@@ -117,12 +121,14 @@ def _loop(model, raw, optimizer, scaler, task, st, metrics, *, cfg, rt, run_dir,
 def _train_step(model, optimizer, task, cfg, rt, scaler):
     """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, tokens)."""
     total, ntok = 0.0, 0
-    for micro in range(cfg.grad_accum):
-        batch = task.train.next_batch()
+    batches = [task.train.next_batch() for _ in range(cfg.grad_accum)]
+    weights = _micro_weights(task, batches, rt)
+    for micro, batch in enumerate(batches):
         ntok += task.tokens(batch)
         with runtime.no_sync(model, rt, last_micro_step=micro == cfg.grad_accum - 1):
             with runtime.autocast(rt):
-                loss = task.loss(model, batch) / cfg.grad_accum
+                loss = task.loss(model, batch)
+                loss = loss / cfg.grad_accum if weights is None else loss * weights[micro]
             (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach().float().item()
     total = runtime.all_reduce_mean(total, rt)  # every rank decides on the same numbers
@@ -138,6 +144,15 @@ def _train_step(model, optimizer, task, cfg, rt, scaler):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, norm, ntok * rt.world_size
+
+
+def _micro_weights(task: Task, batches: list, rt) -> list[float] | None:
+    """Per-micro-batch loss weights count_i * world / global count (None: equal weights)."""
+    if task.count is None:
+        return None
+    counts = [int(task.count(b)) for b in batches]
+    total = runtime.all_reduce_mean(float(sum(counts)), rt) * rt.world_size
+    return [c * rt.world_size / max(total, 1.0) for c in counts]
 
 
 def _count_bad(st: State, cfg: TrainConfig):
