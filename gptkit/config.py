@@ -116,6 +116,9 @@ class TrainConfig:
     """torch.compile the model"""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """multi-process strategy under torchrun"""
+    init_from: str | None = None
+    """start from this model's weights instead of random init: a run, checkpoint or HF GPT-2 dir
+    (continued pretraining; the model shape comes from it, only model.dropout may be set)"""
     resume: str = "auto"
     """auto (continue out_dir if it has a checkpoint) | never | PATH to a checkpoint"""
     max_bad_steps: int = 5

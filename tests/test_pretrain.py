@@ -192,6 +192,20 @@ def test_data_model_mismatch_fails_before_training(data_dir, tmp_path, override,
     assert not (run / "checkpoints").exists()
 
 
+def test_init_from_continues_another_runs_weights(data_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    pretrain(config(data_dir, first, "train.max_steps=20", "train.eval_interval=20"))
+    # the shape comes from the source; only dropout may be set, other model keys must match
+    pretrain(config(data_dir, second, "train.max_steps=2", "train.eval_interval=2",
+                    f"train.init_from={first}", "model.dropout=0.1"))  # fmt: skip
+    a, b = val_losses(first), val_losses(second)
+    assert b[0] == pytest.approx(a[20], abs=1e-6)  # the same weights on the same val batches
+    assert b[0] < a[0] - 0.5
+    with pytest.raises(GptkitError, match="fixes the model shape"):
+        pretrain(config(data_dir, tmp_path / "third", f"train.init_from={first}",
+                        "model.n_layer=3"))  # fmt: skip
+
+
 def test_resume_refuses_another_tokenizer(data_dir, tmp_path):
     run = tmp_path / "run"
     pretrain(config(data_dir, run, "train.max_steps=2"))

@@ -18,7 +18,7 @@ from gptkit.config import Config, dump_yaml, to_dict
 from gptkit.data.batches import ShardBatches
 from gptkit.data.prepare import read_meta
 from gptkit.errors import GptkitError
-from gptkit.model.gpt import GPT
+from gptkit.model.gpt import GPT, GPTConfig, LMHead
 from gptkit.train import checkpoint, runtime
 from gptkit.train.loop import Task, evaluate_lm, fit, lm_loss, unwrap
 from gptkit.train.optim import build_optimizer
@@ -35,6 +35,9 @@ def pretrain(cfg: Config) -> dict:
 
 def _pretrain(cfg: Config, rt) -> dict:
     data_meta = read_meta(cfg.data.dir)
+    source = None
+    if cfg.train.init_from:
+        source, cfg = load_source(cfg, data_meta["tokenizer"])
     cfg = resolve_vocab(cfg, data_meta)
     check_data(cfg, data_meta)
     run_dir = Path(cfg.train.out_dir)
@@ -43,6 +46,8 @@ def _pretrain(cfg: Config, rt) -> dict:
     model = GPT(cfg.model)
     if ckpt is not None:
         _load_weights(model, ckpt)
+    elif source is not None:
+        model.load_state_dict(source.state_dict())
     model.to(rt.device)
     torch.manual_seed(cfg.train.seed + rt.rank)  # dropout differs per rank, init did not
     wrapped = runtime.parallelize(model, rt, strategy=cfg.train.strategy, compile=cfg.train.compile)
@@ -115,6 +120,34 @@ def check_data(cfg: Config, data_meta: dict):
             f"model.block_size={cfg.model.block_size} + 1; lower model.block_size or prepare "
             "more data"
         )
+
+
+def load_source(cfg: Config, tokenizer: dict):
+    """train.init_from: the model to continue from, and cfg with its shape (and our dropout)."""
+    path = cfg.train.init_from
+    source = checkpoint.load_model(path)
+    if type(source.head) is not LMHead or not source.head.tied:
+        raise GptkitError(
+            f"train.init_from={path} has a {type(source.head).__name__}; pretraining continues "
+            "language models only (use gptkit finetune for heads)"
+        )
+    theirs = checkpoint.load_tokenizer(path).spec()
+    if theirs != tokenizer:
+        raise GptkitError(
+            f"train.init_from={path} uses tokenizer {theirs.get('name')} but {cfg.data.dir} was "
+            f"prepared with {tokenizer.get('name')}; prepare the data with prepare.tokenizer="
+            f"{theirs.get('name')}"
+        )
+    defaults, shape = GPTConfig(), source.config
+    for f in dataclasses.fields(GPTConfig):
+        mine = getattr(cfg.model, f.name)
+        if f.name != "dropout" and mine not in (getattr(defaults, f.name), getattr(shape, f.name)):
+            raise GptkitError(
+                f"train.init_from={path} fixes the model shape ({f.name}={getattr(shape, f.name)})"
+                f"; remove model.{f.name} from the config (only model.dropout may be set)"
+            )
+    model = dataclasses.replace(shape, dropout=cfg.model.dropout)
+    return source, dataclasses.replace(cfg, model=model)
 
 
 def resolve_vocab(cfg: Config, data_meta: dict) -> Config:
