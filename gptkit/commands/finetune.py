@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptkit.commands.pretrain import resume_checkpoint, seed_everything
+from gptkit.commands.pretrain import check_model_section, resume_checkpoint, seed_everything
 from gptkit.config import Config, dump_yaml, to_dict
 from gptkit.data import labeled
 from gptkit.errors import GptkitError
@@ -144,13 +144,7 @@ def _apply_model_section(model, user: GPTConfig, init_from: str):
     """Put the config's `model.dropout` on the backbone; other model.* keys are an error, as the
     shape comes from the backbone (a key equal to the backbone's, as in a run's config.yaml, is
     fine)."""
-    defaults = GPTConfig()
-    for name in (f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"):
-        if getattr(user, name) not in (getattr(defaults, name), getattr(model.config, name)):
-            raise GptkitError(
-                f"finetune takes the model shape from finetune.init_from ({init_from}); remove "
-                f"model.{name} from the config"
-            )
+    check_model_section(user, model.config, f"finetune.init_from={init_from}")
     model.config.dropout = user.dropout  # the same object as model.transformer.config
     for module in model.modules():  # before LoRA: its adapters keep finetune.lora.dropout
         if isinstance(module, nn.Dropout):

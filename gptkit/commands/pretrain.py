@@ -138,16 +138,21 @@ def load_source(cfg: Config, tokenizer: dict):
             f"prepared with {tokenizer.get('name')}; prepare the data with prepare.tokenizer="
             f"{theirs.get('name')}"
         )
-    defaults, shape = GPTConfig(), source.config
-    for f in dataclasses.fields(GPTConfig):
-        mine = getattr(cfg.model, f.name)
-        if f.name != "dropout" and mine not in (getattr(defaults, f.name), getattr(shape, f.name)):
-            raise GptkitError(
-                f"train.init_from={path} fixes the model shape ({f.name}={getattr(shape, f.name)})"
-                f"; remove model.{f.name} from the config (only model.dropout may be set)"
-            )
-    model = dataclasses.replace(shape, dropout=cfg.model.dropout)
+    check_model_section(cfg.model, source.config, f"train.init_from={path}")
+    model = dataclasses.replace(source.config, dropout=cfg.model.dropout)
     return source, dataclasses.replace(cfg, model=model)
+
+
+def check_model_section(user: GPTConfig, shape: GPTConfig, source: str):
+    """A run started from another model takes its shape: a model.* key other than dropout must
+    be left at its default or equal the source's (as in a run's own config.yaml)."""
+    defaults = GPTConfig()
+    for name in (f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"):
+        if getattr(user, name) not in (getattr(defaults, name), getattr(shape, name)):
+            raise GptkitError(
+                f"{source} fixes the model shape ({name}={getattr(shape, name)}); remove "
+                f"model.{name} from the config (only model.dropout may be set)"
+            )
 
 
 def resolve_vocab(cfg: Config, data_meta: dict) -> Config:
