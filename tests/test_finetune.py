@@ -33,14 +33,6 @@ def _script():
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box: 1 thread is faster
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A random byte-tokenizer backbone checkpoint and the synthetic datasets."""

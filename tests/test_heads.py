@@ -12,14 +12,6 @@ from gptkit.train import checkpoint
 CFG = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=257)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box: 1 thread is faster
-    yield
-    torch.set_num_threads(n)
-
-
 def _padded(seqs, pad_id, *, left):
     """(idx, mask) with each sequence padded on the left or right to the longest."""
     T = max(map(len, seqs))

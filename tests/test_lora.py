@@ -12,14 +12,6 @@ from gptkit.model.lora import LoRALinear, freeze_for_lora, inject, is_lora_param
 CFG = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=257)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _lora_model(targets=("c_attn", "c_proj", "c_fc")):
     torch.manual_seed(0)
     model = swap_head(GPT(CFG), {"name": "classification", "num_labels": 2})

@@ -23,14 +23,6 @@ CFG = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=257)
 ROWS = [{"id": 1, "text": "the old apple tree"}, {"id": 2, "text": "banana"}, {"id": 3, "text": ""}]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _save(root: Path, head: dict) -> Path:
     """A run dir holding one random model with `head` (what a finished fine-tune leaves)."""
     torch.manual_seed(0)

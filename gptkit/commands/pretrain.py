@@ -52,7 +52,7 @@ def _pretrain(cfg: Config, rt) -> dict:
     torch.manual_seed(cfg.train.seed + rt.rank)  # dropout differs per rank, init did not
     wrapped = runtime.parallelize(model, rt, strategy=cfg.train.strategy, compile=cfg.train.compile)
     optimizer = build_optimizer(unwrap(wrapped), cfg.train, device_type=rt.device.type)
-    task = lm_task(cfg, rt, model)
+    task = lm_task(cfg, rt, model, data_meta)
     max_steps = planned_steps(cfg, rt)
     if rt.is_main:
         try:
@@ -84,7 +84,7 @@ def _summary(run_dir: Path):
         runtime.print0(f"done; latest checkpoint: {ckpt}")
 
 
-def lm_task(cfg: Config, rt, model) -> Task:
+def lm_task(cfg: Config, rt, model, data_meta: dict) -> Task:
     """Train/val batch streams and the LM loss for pretraining (or LM fine-tuning)."""
     common = dict(block_size=cfg.model.block_size, rank=rt.rank, world_size=rt.world_size,
                   seed=cfg.train.seed, device=rt.device,
@@ -96,7 +96,7 @@ def lm_task(cfg: Config, rt, model) -> Task:
         return ShardBatches(cfg.data.dir, "val", batch_size=cfg.train.batch_size,
                             grad_accum=cfg.train.grad_accum, sampling="sequential", **common)  # fmt: skip
 
-    has_val = _split_tokens(cfg.data.dir, "val") > cfg.model.block_size
+    has_val = _split_tokens(data_meta, "val") > cfg.model.block_size
     steps = cfg.train.eval_steps * cfg.train.grad_accum if has_val else 0
     return Task(
         train=train,
@@ -106,14 +106,13 @@ def lm_task(cfg: Config, rt, model) -> Task:
     )
 
 
-def _split_tokens(data_dir, split: str) -> int:
-    meta = read_meta(data_dir)
+def _split_tokens(meta: dict, split: str) -> int:
     return sum(s["tokens"] for s in meta["splits"].get(split, {}).get("shards", []))
 
 
 def check_data(cfg: Config, data_meta: dict):
     """Fail before any work when the data cannot feed this model."""
-    tokens = _split_tokens(cfg.data.dir, "train")
+    tokens = _split_tokens(data_meta, "train")
     if tokens <= cfg.model.block_size:
         raise GptkitError(
             f"{cfg.data.dir} has {tokens:,} train tokens, not enough for one window of "
