@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from gptkit.config import FinetuneConfig
+from gptkit.data import rows as tables
 from gptkit.errors import GptkitError
 
 KINDS = ("classification", "regression", "token_classification", "lm", "sft")
@@ -41,70 +40,14 @@ def read_rows(source: str) -> list[dict]:
     path = Path(source)
     if not path.is_file():
         raise GptkitError(f"data file {source} not found; check finetune.train_file/val_file")
-    if path.suffix == ".parquet":
-        return _read_parquet(path)
-    if path.suffix not in (".jsonl", ".json", ".csv"):
+    if path.suffix.lower() not in tables.FORMATS:
         raise GptkitError(
             f"{source}: unknown data format; use .jsonl, .json, .csv, .parquet or hf:NAME"
         )
-    try:
-        with open(path, encoding="utf-8", newline="" if path.suffix == ".csv" else None) as f:
-            if path.suffix == ".csv":
-                return list(csv.DictReader(f))
-            if path.suffix == ".json":
-                return _parse_json_array(f.read(), source)
-            return parse_jsonl(f, source)
-    except UnicodeDecodeError as e:
-        raise GptkitError(
-            f"{source} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
-        ) from None
-    except csv.Error as e:
-        raise GptkitError(f"{source} is not valid CSV ({e}); fix it") from None
-    except OSError as e:
-        raise GptkitError(f"cannot read {source} ({e.strerror or e}); check the file") from None
+    return [row for _, row in tables.read_rows(path, bad_bytes="refuse")]  # no U+FFFD in labels
 
 
-def parse_jsonl(lines, where: str) -> list[dict]:
-    """One JSON object per non-empty line; a bad line names its number."""
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GptkitError(f"{where} line {i} is not valid JSON ({e.msg}); fix it") from None
-        if not isinstance(row, dict):
-            raise GptkitError(f"{where} line {i} is not a JSON object ({{...}}); fix it")
-        rows.append(row)
-    return rows
-
-
-def _parse_json_array(text: str, where: str) -> list[dict]:
-    """A .json file: one top-level array of row objects (Alpaca style), else JSON lines."""
-    if not text.lstrip().startswith("["):
-        return parse_jsonl(text.split("\n"), where)  # not splitlines: U+2028 is valid in JSON
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise GptkitError(
-            f"{where} is not valid JSON ({e.msg} at line {e.lineno}); fix it"
-        ) from None
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise GptkitError(f"item {i + 1} of the array in {where} is not a JSON object; fix it")
-    return rows
-
-
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq  # installed with `datasets`
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        first = first.split("': ", 1)[-1].split(". ")[0][:160]  # pyarrow names the path first
-        raise GptkitError(f"{path} is not a readable parquet file ({first}); rewrite it") from None
+parse_jsonl = tables.parse_jsonl  # rows of stdin, for `gptkit predict`
 
 
 def _read_hf(spec: str) -> list[dict]:
@@ -158,8 +101,9 @@ def label_list(rows: list[dict], *, name: str, per_token: bool, num_labels: int 
         labels = list(range(max(values) + 1))
         if min(values) < 0:
             raise GptkitError(f"{where}: integer labels must be >= 0, found {min(values)}")
-    elif kinds == {"str"}:
-        labels = sorted(set(values), key=lambda s: (0, int(s), s) if _is_int(s) else (1, 0, s))
+    elif kinds == {"str"}:  # digit strings sort as numbers, so class ids follow the values
+        labels = sorted(set(values), key=lambda s: (0, int(s), s) if s.lstrip("-").isdigit()
+                        else (1, 0, s))  # fmt: skip
     else:
         raise GptkitError(
             f"{where}: labels in '{name}' must be all strings or all integers, found "
@@ -175,10 +119,6 @@ def label_list(rows: list[dict], *, name: str, per_token: bool, num_labels: int 
     if len(labels) < 2:
         raise GptkitError(f"{where}: '{name}' has only the label {labels}; need >= 2 classes")
     return labels
-
-
-def _is_int(s: str) -> bool:
-    return s.lstrip("-").isdigit()
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,9 +171,8 @@ def _label_id(value, index: dict, where: str, i: int) -> int:
 
 
 def _classification(row, i, *, tok, ft, index, T, where):
-    text = str(field(row, ft.text_field, where, i))
-    return Example(encode_text(tok, text, T), _label_id(field(row, ft.label_field, where, i),
-                                                         index, where, i))  # fmt: skip
+    ids = encode_text(tok, str(field(row, ft.text_field, where, i)), T)
+    return Example(ids, _label_id(field(row, ft.label_field, where, i), index, where, i))
 
 
 def _regression(row, i, *, tok, ft, index, T, where):
@@ -294,10 +233,9 @@ def collate(examples: list[Example], *, kind: str, pad_id: int, device="cpu"):
     for b, e in enumerate(examples):
         idx[b, : len(e.ids)] = torch.tensor(e.ids)
         mask[b, : len(e.ids)] = 1
-    if kind == "classification":
-        target = torch.tensor([e.target for e in examples], dtype=torch.long)
-    elif kind == "regression":
-        target = torch.tensor([e.target for e in examples], dtype=torch.float32)
+    if kind in ("classification", "regression"):  # a class id or a list of floats per row
+        dtype = torch.long if kind == "classification" else torch.float32
+        target = torch.tensor([e.target for e in examples], dtype=dtype)
     else:  # a label per position, -100 on padding
         target = torch.full((len(examples), T), -100, dtype=torch.long)
         for b, e in enumerate(examples):
@@ -315,8 +253,7 @@ class LabeledBatches:
                  rank: int = 0, world_size: int = 1, seed: int = 1337, device="cpu"):  # fmt: skip
         self.examples, self.kind, self.batch_size, self.pad_id = examples, kind, batch_size, pad_id
         self.rank, self.world_size, self.seed, self.device = rank, world_size, seed, device
-        self.pos = 0
-        self._epoch, self._perm = -1, None
+        self.pos, self._epoch, self._perm = 0, -1, None  # _perm: this epoch's order
 
     def _index(self, p: int) -> int:
         epoch, i = divmod(p, len(self.examples))

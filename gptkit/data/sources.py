@@ -7,10 +7,8 @@ meta.json. `builtin:stdlib` / `builtin:tiny` are Python's own standard-library s
 
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
-import json
 import os
 import sys
 import sysconfig
@@ -19,17 +17,17 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gptkit.data import rows
 from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:  # gptkit.config pulls in torch; worker processes need not
     from gptkit.config import PrepareConfig
 
-STRUCTURED = (".jsonl", ".json", ".csv", ".parquet")
+STRUCTURED = rows.FORMATS  # one document per row, from its prepare.text_field
 FOLDER_TEXT = (".txt", ".text", ".md", ".rst")  # read from folders; a glob may name any file
 # built-in corpus -> most bytes of .py source it takes from the interpreter's stdlib
 BUILTIN_BYTES = {"stdlib": 8_000_000, "tiny": 300_000}
 STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-_MOJIBAKE = b"\xef\xbf\xbd"  # a U+FFFD that was already in the file, not a replacement
 
 
 def describe_source(cfg: PrepareConfig) -> dict:
@@ -146,28 +144,12 @@ def _builtin_files(name: str) -> list[Path]:
 
 def read_text(path: Path, counts: dict) -> str:
     """A text file as one document; undecodable bytes become U+FFFD and are counted."""
-    return _decode(path.read_bytes(), counts)
-
-
-def _decode(raw: bytes, counts: dict) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        counts["replaced_chars"] += text.count("\ufffd") - raw.count(_MOJIBAKE)
-        return text
+    return rows.decode(path.read_bytes(), path=path, bad_bytes="replace", counts=counts)
 
 
 def _file_documents(path: Path, cfg, counts: dict, lazy: bool) -> Iterator[str | Path]:
-    suffix, field = path.suffix.lower(), cfg.text_field
-    if suffix == ".jsonl":
-        yield from _jsonl_documents(path, field, counts)
-    elif suffix == ".json":
-        yield from _json_documents(path, field, counts)
-    elif suffix == ".csv":
-        yield from _csv_documents(path, field)
-    elif suffix == ".parquet":
-        yield from _parquet_documents(path, field)
+    if path.suffix.lower() in STRUCTURED:
+        yield from _row_documents(path, cfg.text_field, counts)
     elif cfg.split_on:  # one text file, many documents (e.g. paragraphs of a novel)
         yield from read_text(path, counts).split(cfg.split_on)
     elif not lazy:
@@ -176,11 +158,22 @@ def _file_documents(path: Path, cfg, counts: dict, lazy: bool) -> Iterator[str |
         yield path
 
 
-def _field(row, field: str, where: str) -> str:
-    if not isinstance(row, dict) or field not in row:
-        present = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+def _row_documents(path: Path, field: str, counts: dict) -> Iterator[str]:
+    """The `field` of every row of a table file, streamed (bad bytes replaced and counted)."""
+    names = rows.column_names(path)  # a table says up front whether it has the column
+    if names is not None and field not in names:
         raise GptkitError(
-            f"{where} has no field {field!r} (fields: {present}); set prepare.text_field"
+            f"{path} has no column {field!r} (columns: {', '.join(names)}); set prepare.text_field"
+        )
+    for where, row in rows.read_rows(path, bad_bytes="replace", counts=counts, columns=[field]):
+        yield _field(row, field, where)
+
+
+def _field(row: dict, field: str, where: str) -> str:
+    if field not in row:
+        raise GptkitError(
+            f"{where} has no field {field!r} (fields: {', '.join(map(str, row))}); "
+            "set prepare.text_field"
         )
     value = row[field]
     if value is None:
@@ -191,69 +184,6 @@ def _field(row, field: str, where: str) -> str:
             "set prepare.text_field to a text column"
         )
     return value
-
-
-def _jsonl_documents(path: Path, field: str, counts: dict) -> Iterator[str]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(_decode(raw, counts))
-            except json.JSONDecodeError as e:
-                raise GptkitError(
-                    f"{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line"
-                ) from None
-            yield _field(row, field, f"{path}:{lineno}")
-
-
-def _json_documents(path: Path, field: str, counts: dict) -> Iterator[str]:
-    text = _decode(path.read_bytes(), counts)
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # JSON lines under a .json name
-            yield from _jsonl_documents(path, field, {"replaced_chars": 0})
-            return
-        raise GptkitError(f"{path} is not valid JSON ({e}); fix the file") from None
-    if not isinstance(rows, list):
-        raise GptkitError(f"{path} must hold a list of objects (or JSON lines); fix the file")
-    for i, row in enumerate(rows):
-        yield _field(row, field, f"{path}[{i}]")
-
-
-def _csv_documents(path: Path, field: str) -> Iterator[str]:
-    old = csv.field_size_limit(2**31 - 1)  # a document can be longer than the 128 KB default
-    try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            reader = csv.DictReader(f)
-            if field not in (reader.fieldnames or []):
-                present = ", ".join(reader.fieldnames or [])
-                raise GptkitError(
-                    f"{path} has no column {field!r} (columns: {present}); set prepare.text_field"
-                )
-            for row in reader:
-                yield row[field] or ""
-    finally:
-        csv.field_size_limit(old)
-
-
-def _parquet_documents(path: Path, field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise GptkitError(f"{path} is not a readable parquet file ({first}); fix it") from None
-    if field not in pf.schema_arrow.names:
-        present = ", ".join(pf.schema_arrow.names)
-        raise GptkitError(
-            f"{path} has no column {field!r} (columns: {present}); set prepare.text_field"
-        )
-    for batch in pf.iter_batches(columns=[field], batch_size=1024):
-        for value in batch.column(0).to_pylist():
-            yield _field({field: value}, field, str(path))
 
 
 def _hf_documents(name: str, cfg: PrepareConfig) -> Iterator[str]:
