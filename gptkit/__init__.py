@@ -7,7 +7,7 @@ Python API (imported lazily, so `import gptkit` is cheap):
 __version__ = "0.1.0"
 
 _API = {
-    "load_model": "gptkit.train.checkpoint",
+    "load_model": "gptkit.artifacts",
     "get_tokenizer": "gptkit.data.tokenizer",
     "generate": "gptkit.model.generate",
     "load_config": "gptkit.config",

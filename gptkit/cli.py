@@ -1,7 +1,8 @@
 """The `gptkit` command line: parse, load the config, dispatch, turn user errors into exit 2.
 
 `gptkit <command> --help` describes each command. Config commands take `-c FILE.yaml` plus
-`section.key=value` overrides; model commands take a run, checkpoint or HF directory.
+`section.key=value` overrides; model commands take a run, checkpoint, export or HF dir. A file
+argument given as `-` means stdin (inputs) or stdout (outputs); `-c` and folders refuse it.
 Command modules are imported only when their command runs, so `--help` stays quick.
 """
 
@@ -24,7 +25,7 @@ COMMANDS = {
         "finetune",
         True,
     ),
-    "sample": ("generate text from a run, checkpoint or HF GPT-2 dir", "sample", False),
+    "sample": ("generate text from a run, checkpoint, export or HF dir", "sample", False),
     "eval": ("val loss, perplexity and bits-per-byte of a model", "evaluate", False),
     "predict": ("run a fine-tuned classifier/regressor over rows of jsonl", "predict", False),
     "export": ("write a model as a Hugging Face GPT-2 dir or bare safetensors", "export", False),
@@ -55,9 +56,16 @@ def _usage_error(parser: argparse.ArgumentParser, message: str):
 
 
 def _add_config_args(p):
-    p.add_argument("-c", "--config", metavar="FILE.yaml", help="run configuration (YAML)")
+    p.add_argument(
+        "-c", "--config", metavar="FILE.yaml", type=_config_file, help="run configuration (YAML)"
+    )
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+# One wording per shared flag, so a flag means the same thing in every command.
+_MODEL_PATH = "run, checkpoint, export or HF dir"
+_DEVICE = "auto | cpu | cuda | mps (default auto)"
 
 
 def _add_prepare_args(p):
@@ -65,9 +73,9 @@ def _add_prepare_args(p):
 
 
 def _add_sample_args(p):
-    p.add_argument("path", help="run dir, checkpoint dir, or local HF GPT-2 dir")
+    p.add_argument("path", help=_MODEL_PATH)
     p.add_argument("--prompt", help="text to continue ('-' reads stdin)")
-    p.add_argument("--prompt-file", help="read the prompt from this file")
+    p.add_argument("--prompt-file", help="read the prompt from this file ('-' reads stdin)")
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, help="keep the k most likely tokens")
@@ -76,37 +84,57 @@ def _add_sample_args(p):
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--num-samples", type=int, help="samples generated together")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--device", default="auto", help=_DEVICE)
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--json", action="store_true", help="one JSON object per sample")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per sample instead of text"
+    )
 
 
 def _add_eval_args(p):
-    p.add_argument("path", help="run dir, checkpoint dir, or local HF GPT-2 dir")
-    p.add_argument("--data", help="prepared data dir (default: the run's data.dir)")
+    p.add_argument("path", help=_MODEL_PATH)
+    p.add_argument("--data", type=_folder, help="prepared data dir (default: the run's data.dir)")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split to score")
     p.add_argument("--max-batches", type=int, default=50, help="batches to average over")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto", help=_DEVICE)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def _add_predict_args(p):
-    p.add_argument("path", help="fine-tuned run or checkpoint dir")
-    p.add_argument("--input", help="rows to predict (.jsonl; default stdin)")
-    p.add_argument("--output", help="where to write predictions (.jsonl; default stdout)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument(
+        "path", help="fine-tuned run or checkpoint dir (a classification/regression head)"
+    )
+    p.add_argument("--input", help="rows to predict (.jsonl; '-' or absent: stdin)")
+    p.add_argument("--output", help="where to write predictions (.jsonl; '-' or absent: stdout)")
+    p.add_argument("--device", default="auto", help=_DEVICE)
 
 
 def _add_export_args(p):
-    p.add_argument("path", help="run or checkpoint dir")
+    p.add_argument("path", help=_MODEL_PATH)
     p.add_argument("--format", choices=["hf", "safetensors"], default="hf", help="output format")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, type=_folder, help="output directory (new or empty)")
 
 
 def _add_plot_args(p):
     p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
-    p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.add_argument(
+        "--out", default="curves.png", help="figure: .png/.pdf/.svg ('-': PNG to stdout)"
+    )
+
+
+def _folder(value: str) -> str:
+    """argparse type of folder arguments: '-' names a stream, which cannot hold files."""
+    if value == "-":
+        raise argparse.ArgumentTypeError("'-' means stdin/stdout, not a directory; pass a folder")
+    return value
+
+
+def _config_file(value: str) -> str:
+    """argparse type of -c: a run's config is a file it can be re-run from, never stdin."""
+    if value == "-":
+        raise argparse.ArgumentTypeError("'-' (stdin) is not a config file; pass a YAML file")
+    return value
 
 
 _ADD_ARGS = {

@@ -13,7 +13,7 @@ from typing import Literal
 
 from gptkit import configfile
 from gptkit.configfile import ConfigError, build, coerce, dump_yaml, to_dict  # noqa: F401
-from gptkit.model.gpt import GPTConfig
+from gptkit.model.config import GPTConfig, SampleConfig  # noqa: F401 - re-exported
 
 
 @dataclass(kw_only=True, slots=True)
@@ -227,44 +227,6 @@ class FinetuneConfig:
                 "Can't set both `finetune.lora.rank` and `finetune.freeze`: LoRA already freezes "
                 "the backbone; set freeze: none"
             )
-        _raise_all(problems)
-
-
-@dataclass(kw_only=True, slots=True)
-class SampleConfig:
-    prompt: str = ""
-    """text to continue ("" = start from end-of-text)"""
-    max_new_tokens: int = 200
-    """tokens to generate per sample"""
-    temperature: float = 0.8
-    """softmax temperature; 0 = greedy"""
-    top_k: int | None = None
-    """keep only the k most likely tokens"""
-    top_p: float | None = None
-    """nucleus sampling: smallest set of tokens with probability >= p"""
-    repetition_penalty: float = 1.0
-    """divide logits of already-seen tokens by this (> 1 discourages repeats)"""
-    num_samples: int = 1
-    """samples generated together in one batch"""
-    seed: int = 1337
-    """random seed (same seed, same text)"""
-    stop: list[str] = field(default_factory=list)
-    """strings that end a sample (end-of-text always does)"""
-
-    def __post_init__(self):
-        problems = []
-        if self.max_new_tokens < 1:
-            problems.append(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            problems.append(f"`temperature` must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            problems.append(f"`top_p` must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            problems.append(f"`top_k` must be >= 1, got {self.top_k}")
-        if self.num_samples < 1:
-            problems.append(f"`num_samples` must be >= 1, got {self.num_samples}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"`repetition_penalty` must be > 0, got {self.repetition_penalty}")
         _raise_all(problems)
 
 

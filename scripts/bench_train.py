@@ -18,8 +18,8 @@ import torch
 
 from gptkit.config import TrainConfig
 from gptkit.model.gpt import GPT, GPTConfig
-from gptkit.train.loop import lm_loss
 from gptkit.train.optim import build_optimizer
+from gptkit.train.tasks import lm_loss
 
 
 def matmul_peak(dtype, n=2048, reps=10) -> float:

@@ -16,9 +16,9 @@ import sys
 import time
 
 import pytest
+from conftest import TINY_RUN
 
-from gptkit import cli
-from gptkit.commands.pretrain import pretrain
+from gptkit import artifacts, cli
 from gptkit.config import load_config, to_dict
 from gptkit.data.tokenizer import ByteTokenizer
 from gptkit.model.gpt import GPT
@@ -26,34 +26,29 @@ from gptkit.model.heads import build_head
 from gptkit.train import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "train.batch_size=4", "train.warmup_steps=0", "train.eval_steps=2", "train.dtype=float32",
-    "train.device=cpu", "train.log_interval=1", "train.eval_interval=0", "train.max_steps=2",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    """Byte-tokenized builtin:tiny data, char-tokenized data, and a 2-step run on the first."""
+def ws(tmp_path_factory, tiny_data, shared_tiny_run):
+    """Byte-tokenized builtin:tiny data and a 2-step TINY_RUN on it (links to the shared,
+    read-only ones: a case that breaks them works on a copy), char-tokenized data, a classifier."""
     from gptkit.commands.prepare import prepare
 
     root = tmp_path_factory.mktemp("bad")
+    (root / "data").symlink_to(tiny_data, target_is_directory=True)
+    (root / "run").symlink_to(shared_tiny_run, target_is_directory=True)
     prep = ["prepare.val_fraction=0.1", "prepare.workers=1"]
-    prepare(load_config(None, ["prepare.source=builtin:tiny", "prepare.tokenizer=byte",
-                               f"prepare.out_dir={root}/data", *prep]))  # fmt: skip
     (root / "text.txt").write_text("hello world, " * 400 + "\n\n" + "bye now. " * 300)
     prepare(load_config(None, [f"prepare.source={root}/text.txt", "prepare.tokenizer=char",
                                f"prepare.out_dir={root}/chardata", *prep]))  # fmt: skip
-    pretrain(load_config(None, [*TINY, f"data.dir={root}/data", f"train.out_dir={root}/run"]))
     (root / "rows.jsonl").write_text('{"text": "a b", "label": "x"}\n' * 8)
     _classifier_run(root / "cls")
     return root
 
 
 def _classifier_run(run):
-    """A fine-tuned (classification head) checkpoint whose model section equals TINY's."""
-    cfg = load_config(None, TINY)
+    """A fine-tuned (classification head) checkpoint whose model section equals TINY_RUN's."""
+    cfg = load_config(None, TINY_RUN)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=257))
     head = {"name": "classification", "num_labels": 2, "labels": ["a", "b"], "pooling": "last"}
     meta = {"config": to_dict(cfg), "tokenizer": ByteTokenizer().spec(), "head": head}
@@ -78,7 +73,7 @@ def _run_copy(ws, tmp):
 def _ckpt_file(ws, tmp, name):
     """(run copy, path of `name` inside its latest checkpoint)."""
     run = _run_copy(ws, tmp)
-    return run, checkpoint.latest_checkpoint(run) / name
+    return run, artifacts.latest_checkpoint(run) / name
 
 
 def _edit_json(path, edit):
@@ -106,7 +101,8 @@ def _truncate(path, keep=0.5):
 
 
 def _pretrain(ws, tmp, *extra, data=None):
-    return ["pretrain", *TINY, f"data.dir={data or ws / 'data'}", f"train.out_dir={tmp}/r", *extra]
+    data = data or ws / "data"
+    return ["pretrain", *TINY_RUN, f"data.dir={data}", f"train.out_dir={tmp}/r", *extra]
 
 
 def _prepare(tmp, *extra):

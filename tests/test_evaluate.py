@@ -7,7 +7,9 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 
+from gptkit import artifacts
 from gptkit.cli import main
 from gptkit.commands.evaluate import evaluate
 from gptkit.commands.pretrain import pretrain
@@ -20,24 +22,18 @@ from gptkit.model.gpt import GPT, GPTConfig
 from gptkit.model.heads import build_head
 from gptkit.train import checkpoint
 
-TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "train.batch_size=4", "train.warmup_steps=2", "train.eval_steps=3", "train.dtype=float32",
-    "train.device=cpu", "train.log_interval=1", "train.lr=3e-3", "train.max_steps=6",
-    "train.eval_interval=6",
-]  # fmt: skip
+# 6 steps and a final eval over 3 batches of 4 (the 12 val windows the tests check)
+RUN = [*TINY, "train.warmup_steps=2", "train.eval_steps=3", "train.lr=3e-3",
+       "train.max_steps=6", "train.eval_interval=6"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """Byte-tokenized builtin:tiny data and a tiny run trained on it for 6 steps."""
-    from gptkit.commands.prepare import prepare
-
+def work(tmp_path_factory, tiny_data):
+    """Byte-tokenized builtin:tiny data (a link to the shared, read-only one) and a tiny run
+    trained on it for 6 steps."""
     root = tmp_path_factory.mktemp("eval")
-    prepare(load_config(None, ["prepare.source=builtin:tiny", "prepare.tokenizer=byte",
-                               f"prepare.out_dir={root}/data", "prepare.val_fraction=0.1",
-                               "prepare.workers=1"]))  # fmt: skip
-    pretrain(load_config(None, [*TINY, f"data.dir={root}/data", f"train.out_dir={root}/run"]))
+    (root / "data").symlink_to(tiny_data, target_is_directory=True)
+    pretrain(load_config(None, [*RUN, f"data.dir={root}/data", f"train.out_dir={root}/run"]))
     return root
 
 
@@ -46,7 +42,7 @@ def test_matches_the_training_eval_and_a_hand_computed_loss(work):
     logged = [json.loads(line) for line in open(work / "run/metrics.jsonl")]
     assert r["loss"] == pytest.approx(logged[-1]["val_loss"], abs=1e-5)  # same 12 val windows
     assert r["windows"] == 12 and r["context"] == 32 and r["tokens"] == 12 * 32
-    model = checkpoint.load_model(work / "run")
+    model = artifacts.load_model(work / "run")
     x, y = ShardBatches(work / "data", "val", block_size=32, batch_size=12,
                         sampling="sequential").next_batch()  # fmt: skip
     with torch.no_grad():
@@ -63,7 +59,7 @@ def test_matches_the_training_eval_and_a_hand_computed_loss(work):
 def test_deterministic_and_independent_of_batch_split(work):
     a = evaluate(work / "run", max_batches=3, batch_size=4, device="cpu")
     b = evaluate(work / "run", max_batches=4, batch_size=3, device="cpu")
-    c = evaluate(checkpoint.find(work / "run"), max_batches=3, batch_size=4, device="cpu")
+    c = evaluate(artifacts.find_checkpoint(work / "run"), max_batches=3, batch_size=4, device="cpu")
     assert a["loss"] == c["loss"] and a["windows"] == b["windows"] == 12
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
     big = evaluate(work / "run", max_batches=10_000, batch_size=7, device="cpu", split="val")
@@ -72,7 +68,7 @@ def test_deterministic_and_independent_of_batch_split(work):
 
 
 def test_hf_dir_needs_data_and_scores_like_the_run(work, tmp_path):
-    model = checkpoint.load_model(work / "run")
+    model = artifacts.load_model(work / "run")
     hf.save_hf(model, tmp_path / "hf", eot_id=256)
     with pytest.raises(GptkitError, match="--data"):
         evaluate(tmp_path / "hf")
@@ -103,8 +99,8 @@ def test_safetensors_export_evaluates_re_exports_and_fine_tunes(work, tmp_path, 
                                 "finetune.freeze=backbone", "train.device=cpu",
                                 "train.dtype=float32", "train.batch_size=4", "train.max_steps=1",
                                 "train.warmup_steps=0", "train.eval_interval=0"]))  # fmt: skip
-    tuned = checkpoint.read_weights(checkpoint.find(tmp_path / "ft") / "model.safetensors")
-    run = checkpoint.read_weights(checkpoint.find(work / "run") / "model.safetensors")
+    tuned = artifacts.read_weights(artifacts.find_checkpoint(tmp_path / "ft") / "model.safetensors")
+    run = artifacts.read_weights(artifacts.find_checkpoint(work / "run") / "model.safetensors")
     backbone = [k for k in run if k.startswith("transformer.")]
     assert backbone and all(torch.equal(tuned[k], run[k]) for k in backbone)  # frozen, bit-exact
 
@@ -125,7 +121,7 @@ def test_data_with_another_tokenizer_is_refused(work, tmp_path):
 def _moved_data_run(work, tmp_path):
     run = tmp_path / "moved"
     shutil.copytree(work / "run", run)
-    ckpt = checkpoint.find(run)
+    ckpt = artifacts.find_checkpoint(run)
     meta = json.loads((ckpt / "meta.json").read_text())
     meta["config"]["data"]["dir"] = str(tmp_path / "gone")
     (ckpt / "meta.json").write_text(json.dumps(meta))

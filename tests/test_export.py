@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from gptkit import artifacts
 from gptkit.cli import main
 from gptkit.commands.export import export
 from gptkit.config import Config, to_dict
@@ -69,7 +70,7 @@ def test_hf_export_refuses_a_classifier_but_safetensors_keeps_its_head(tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["head"] == head and config["tokenizer"]["kind"] == "byte"
     rebuilt = GPT(GPTConfig(**config["model"]), head=build_head(config["head"], CFG))
-    rebuilt.load_state_dict(checkpoint.read_weights(out / "model.safetensors"), strict=True)
+    rebuilt.load_state_dict(artifacts.read_weights(out / "model.safetensors"), strict=True)
     idx = torch.randint(0, 257, (2, 12))
     assert torch.equal(logits(rebuilt.eval(), idx), logits(model, idx))
 
@@ -94,6 +95,6 @@ def test_exported_dirs_load_back_with_their_own_tokenizer(tmp_path):
     idx = torch.randint(0, 257, (1, 16))
     for fmt in ("hf", "safetensors"):
         out = export(run, fmt=fmt, out=tmp_path / fmt)
-        again = checkpoint.load_model(out)
+        again = artifacts.load_model(out)
         torch.testing.assert_close(logits(again, idx), logits(model, idx), atol=1e-5, rtol=0)
-        assert checkpoint.load_tokenizer(out).spec() == get_tokenizer("byte").spec(), fmt
+        assert artifacts.resolve(out).tokenizer().spec() == get_tokenizer("byte").spec(), fmt

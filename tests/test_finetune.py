@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptkit import artifacts
 from gptkit.commands.finetune import finetune
 from gptkit.config import Config, load_config, to_dict
 from gptkit.data import labeled
@@ -59,7 +60,7 @@ def _cfg(work, out, *overrides):
 
 
 def _weights(run):
-    return checkpoint.read_weights(checkpoint.find(run) / "model.safetensors")
+    return artifacts.read_weights(artifacts.find_checkpoint(run) / "model.safetensors")
 
 
 def _records(run):
@@ -77,8 +78,8 @@ def test_classification_learns_a_keyword_task(work):
     assert last["val_acc"] >= 0.95 and last["val_f1"] >= 0.95, last
     summary = json.loads((work / "cls/metrics.json").read_text())
     assert summary["best_key"] == "val_acc" and summary["best"]["val_acc"] >= 0.95
-    ckpt = checkpoint.find(work / "cls")
-    meta = checkpoint.read_meta(ckpt)
+    ckpt = artifacts.find_checkpoint(work / "cls")
+    meta = artifacts.read_meta(ckpt)
     assert meta["head"] == {"name": "classification", "num_labels": 3, "pooling": "last",
                             "labels": ["apple", "banana", "cherry"]}  # fmt: skip
     groups = checkpoint.read_state(ckpt)["optimizer"]["param_groups"]
@@ -94,7 +95,7 @@ def test_lora_keeps_backbone_bit_identical_and_merges(work):
             moved = key.replace(".c_attn.", ".c_attn.base.").replace(".c_fc.", ".c_fc.base.")
             assert torch.equal(after[moved], value), key
     assert any(after[k].abs().sum() > 0 for k in after if k.endswith("lora_B"))
-    merged, meta = checkpoint.model_from_checkpoint(checkpoint.find(work / "lora"))
+    merged, meta = artifacts.model_from_checkpoint(artifacts.find_checkpoint(work / "lora"))
     assert meta["lora"]["rank"] == 4
     adapted = GPT(CFG, head=merged.head)
     inject(adapted.transformer, rank=4, alpha=16.0, targets=["c_attn", "c_fc"])
@@ -105,10 +106,10 @@ def test_lora_keeps_backbone_bit_identical_and_merges(work):
 
 
 def test_model_dropout_reaches_every_dropout_of_the_backbone(work):
-    from gptkit.commands.finetune import _apply_model_section, load_backbone
+    from gptkit.train.adapt import set_dropout
 
-    model, _, _ = load_backbone(str(work / "backbone"))
-    _apply_model_section(model, GPTConfig(dropout=0.2), "backbone")
+    model = artifacts.load_model(work / "backbone")
+    set_dropout(model, GPTConfig(dropout=0.2), "backbone")
     assert model.config.dropout == model.transformer.config.dropout == 0.2
     drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops == [0.2] * (1 + 2 * CFG.n_layer)  # embeddings; attention and MLP residuals
@@ -116,7 +117,7 @@ def test_model_dropout_reaches_every_dropout_of_the_backbone(work):
     # a model key equal to the backbone's (as in a run's own config.yaml) is not a shape change
     finetune(_cfg(work, "drop", "model.dropout=0.1", "model.n_layer=2", "train.max_steps=1",
                   "train.warmup_steps=0"))  # fmt: skip
-    meta = checkpoint.read_meta(checkpoint.find(work / "drop"))
+    meta = artifacts.read_meta(artifacts.find_checkpoint(work / "drop"))
     assert meta["config"]["model"] == {**to_dict(CFG), "dropout": 0.1}
 
 
@@ -140,7 +141,7 @@ def test_lora_run_resumes_where_it_stopped(work):
     finetune(_cfg(work, "resume", *lora, "train.max_steps=2"))
     last = finetune(_cfg(work, "resume", *lora, "train.max_steps=4"))
     assert last["step"] == 4
-    state = checkpoint.read_state(checkpoint.find(work / "resume"))
+    state = checkpoint.read_state(artifacts.find_checkpoint(work / "resume"))
     assert state["loader"]["pos"] == 4 * 32 and state["train"]["step"] == 4
     with pytest.raises(GptkitError, match="has lora .* but this run builds None"):
         finetune(_cfg(work, "resume", "train.max_steps=6"))  # same run dir, LoRA dropped
@@ -164,7 +165,7 @@ def test_sft_puts_no_loss_on_the_prompt(work):
     assert first["step"] == 0, first
     assert last["val_loss"] < first["val_loss"] - 1.5, (first, last)  # the untrained model
     assert last["val_ppl"] == pytest.approx(math.exp(last["val_loss"]))
-    assert checkpoint.read_meta(checkpoint.find(work / "sft"))["head"] == {"name": "lm"}
+    assert artifacts.read_meta(artifacts.find_checkpoint(work / "sft"))["head"] == {"name": "lm"}
 
 
 def test_sft_loss_is_a_token_mean_whatever_the_accumulation_split(work):
@@ -228,7 +229,7 @@ def test_freeze_first_layers_and_early_stopping(work):
         assert not torch.equal(after[key], before[key]), trained  # tiny lr, but it moved
     # the fresh head (no "before" to compare with) took optimizer steps: AdamW state is kept
     # only for parameters that got gradients, and the head's group is the one at 2x the lr
-    opt = checkpoint.read_state(checkpoint.find(work / "frz"))["optimizer"]
+    opt = checkpoint.read_state(artifacts.find_checkpoint(work / "frz"))["optimizer"]
     head_ids = [i for g in opt["param_groups"] if g["lr_scale"] == 2.0 for i in g["params"]]
     assert len(head_ids) == 1  # head.score.weight
     assert all(opt["state"][i]["exp_avg"].abs().sum() > 0 for i in head_ids)

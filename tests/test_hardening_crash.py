@@ -20,13 +20,14 @@ import signal
 import time
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from gptkit.commands import pretrain as pretrain_cmd
+from gptkit import artifacts
 from gptkit.commands.pretrain import pretrain
 from gptkit.config import PrepareConfig, load_config
 from gptkit.data import prepare as prepare_mod
@@ -34,19 +35,15 @@ from gptkit.data.prepare import build_shards
 from gptkit.data.shards import ShardWriter, file_sha256, read_meta, read_shard
 from gptkit.errors import GptkitError
 from gptkit.train import checkpoint
+from gptkit.train import tasks as tasks_mod
 
-TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "train.batch_size=4", "train.warmup_steps=0", "train.eval_steps=2", "train.dtype=float32",
-    "train.device=cpu", "train.log_interval=1", "train.eval_interval=0", "train.lr=3e-3",
-]  # fmt: skip
+TINY = [*conftest.TINY, "train.warmup_steps=0", "train.eval_interval=0", "train.lr=3e-3"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("crash") / "data"
-    build_shards(_prep_cfg(out, source="builtin:tiny"), progress=False)
-    return out
+def data_dir(tiny_data):
+    """The shared builtin:tiny byte data (read-only)."""
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +64,6 @@ def _prep_cfg(out, source, **kw) -> PrepareConfig:
 
 def config(data_dir, run, *extra):
     return load_config(None, [*TINY, f"data.dir={data_dir}", f"train.out_dir={run}", *extra])
-
-
-@pytest.fixture(scope="module")
-def base_run(data_dir, tmp_path_factory):
-    """A run with one checkpoint (step 2, keep_last 1): the 'previous checkpoint' of each test."""
-    run = tmp_path_factory.mktemp("base") / "run"
-    pretrain(config(data_dir, run, "train.max_steps=2", "train.keep_last=1"))
-    return run
 
 
 def _copy(run: Path, dst: Path) -> Path:
@@ -163,7 +152,7 @@ def _check_checkpoints(run: Path) -> int | None:
     for ckpt in sorted(root.glob("step_*")):
         assert sorted(p.name for p in ckpt.iterdir()) == [
             "meta.json", "model.safetensors", "state.pt"], ckpt  # fmt: skip
-        model, meta = checkpoint.model_from_checkpoint(ckpt)
+        model, meta = artifacts.model_from_checkpoint(ckpt)
         state = checkpoint.read_state(ckpt)
         assert state["train"]["step"] == meta["step"] == int(ckpt.name[5:])
         assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -188,8 +177,10 @@ def _wait_for(condition, pid, timeout=60):
         time.sleep(0.005)
 
 
-def test_kill_9_at_random_moments_keeps_latest_loadable_and_resumable(data_dir, base_run, tmp_path):
-    # base_run trained in this process: torch's lazy imports are done before the children fork
+def test_kill_9_at_random_moments_keeps_latest_loadable_and_resumable(
+    data_dir, shared_tiny_run, tmp_path
+):
+    # shared_tiny_run trained in this process: torch's lazy imports are done before children fork
     run = tmp_path / "run"
     cfg = config(data_dir, run, "train.max_steps=100000", "train.ckpt_interval=1",
                  "train.keep_last=2")  # fmt: skip
@@ -223,11 +214,11 @@ def _ckpt_targets():
 
 
 @pytest.mark.parametrize("start", ["after-step-2", "unnamed-step-3-exists"])
-def test_kill_9_at_every_checkpoint_write_step(data_dir, base_run, tmp_path, start):
+def test_kill_9_at_every_checkpoint_write_step(data_dir, tiny_run, tmp_path, start):
     """Resume at step 2 and die at each operation of saving step 3; in the second case a
     complete step_000003 that `latest` does not name yet (a kill between rename and pointer)
     is re-saved, so the old copy must be replaced atomically too."""
-    origin = _copy(base_run, tmp_path / "origin")
+    origin = tiny_run  # our own copy of a run with one checkpoint (step 2)
     if start == "unnamed-step-3-exists":
         pretrain(config(data_dir, origin, "train.max_steps=3", "train.keep_last=2"))
         (origin / "checkpoints" / "latest").write_text("step_000002\n")
@@ -395,9 +386,9 @@ WRITES = ["safetensors", "safetensors-real-type", "torch.save", "torch.save-real
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES], ids=["ENOSPC", "EACCES"])
 @pytest.mark.parametrize("target", WRITES)
 def test_failed_checkpoint_write_is_one_clear_error_and_keeps_latest(
-    data_dir, base_run, tmp_path, monkeypatch, target, err
+    data_dir, tiny_run, monkeypatch, target, err
 ):
-    run = _copy(base_run, tmp_path / "run")
+    run = tiny_run  # our own copy of a run with one checkpoint (step 2)
     _failing_write(target, err, monkeypatch)
     with pytest.raises(GptkitError, match=r"could not write checkpoint .*step_000003") as e:
         pretrain(config(data_dir, run, "train.max_steps=3", "train.keep_last=1"))
@@ -412,9 +403,9 @@ def test_failed_checkpoint_write_is_one_clear_error_and_keeps_latest(
     assert left == {"latest", "step_000002"}  # no temp files either
 
 
-def test_a_real_write_failure_is_a_gptkit_error_and_resume_works(data_dir, base_run, tmp_path):
+def test_a_real_write_failure_is_a_gptkit_error_and_resume_works(data_dir, tiny_run):
     """RLIMIT_FSIZE makes the kernel fail big writes (EFBIG) inside safetensors and torch."""
-    run = _copy(base_run, tmp_path / "run")
+    run = tiny_run  # our own copy of a run with one checkpoint (step 2)
     cfg = config(data_dir, run, "train.max_steps=3", "train.keep_last=1")
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -488,8 +479,8 @@ def test_failed_shard_write_is_one_clear_error_and_no_output(corpus, tmp_path, m
 
 def _spiky_loss(bad_steps: set, mode: str, snapshots: list):
     """lm_loss that snapshots the weights and makes the loss (or the gradients) of `bad_steps`
-    non-finite. Call k is optimizer step k+1 (grad_accum 1; eval uses loop.lm_loss itself)."""
-    real, hooks = pretrain_cmd.lm_loss, []
+    non-finite. Call k is optimizer step k+1 (grad_accum 1; eval goes through train/evaluate.py, unpatched)."""
+    real, hooks = tasks_mod.lm_loss, []
 
     def loss(model, batch):
         for h in hooks:
@@ -514,10 +505,10 @@ def test_non_finite_steps_are_skipped_counted_and_training_continues(
     data_dir, tmp_path, monkeypatch, mode
 ):
     run, snaps, bad = tmp_path / "run", [], {3, 5, 6}
-    monkeypatch.setattr(pretrain_cmd, "lm_loss", _spiky_loss(bad, mode, snaps))
+    monkeypatch.setattr(tasks_mod, "lm_loss", _spiky_loss(bad, mode, snaps))
     last = pretrain(config(data_dir, run, "train.max_steps=9", "train.max_bad_steps=2"))
     assert last["step"] == 9 and math.isfinite(last["loss"]) and len(snaps) == 9
-    final = checkpoint.read_weights(checkpoint.latest_checkpoint(run) / "model.safetensors")
+    final = artifacts.read_weights(artifacts.latest_checkpoint(run) / "model.safetensors")
     after = [*snaps[1:], final]  # weights after step k = weights seen by step k+1
     for step in range(1, 10):
         same = all(torch.equal(snaps[step - 1][k], after[step - 1][k]) for k in final)
@@ -533,12 +524,12 @@ def test_too_many_bad_steps_in_a_row_stop_with_the_last_good_checkpoint(
     data_dir, tmp_path, monkeypatch
 ):
     run, snaps = tmp_path / "run", []
-    monkeypatch.setattr(pretrain_cmd, "lm_loss", _spiky_loss(set(range(4, 100)), "nan", snaps))
+    monkeypatch.setattr(tasks_mod, "lm_loss", _spiky_loss(set(range(4, 100)), "nan", snaps))
     with pytest.raises(GptkitError, match="3 non-finite steps in a row at step 6.*intact"):
         pretrain(config(data_dir, run, "train.max_steps=20", "train.max_bad_steps=2",
                         "train.ckpt_interval=2"))  # fmt: skip
     step = _check_checkpoints(run)
     assert step == 4  # step 6 raised before its checkpoint
-    weights = checkpoint.read_weights(run / "checkpoints" / "step_000004" / "model.safetensors")
+    weights = artifacts.read_weights(run / "checkpoints" / "step_000004" / "model.safetensors")
     assert all(torch.equal(weights[k], snaps[3][k]) for k in weights)  # = after step 3, finite
     assert all(np.isfinite(w.numpy()).all() for w in weights.values())

@@ -9,6 +9,7 @@ unsafe deserializers out.
 
 import ast
 import builtins
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,20 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_RUN
 
-from gptkit import cli
-from gptkit.commands.pretrain import pretrain
+from gptkit import artifacts, cli
 from gptkit.config import load_config
 from gptkit.model import hf
 from gptkit.model.gpt import GPT, GPTConfig
-from gptkit.train import checkpoint
 
 ROOT = Path(__file__).parents[1]
-TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "train.batch_size=4", "train.warmup_steps=0", "train.eval_steps=2", "train.dtype=float32",
-    "train.device=cpu", "train.log_interval=1", "train.eval_interval=0", "train.max_steps=2",
-]  # fmt: skip
 KINDS = ("os.system", "open")
 
 
@@ -56,15 +51,13 @@ def _write_evil(path: Path, kind: str, marker: Path, *, as_state_dict=True):
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    """Byte and gpt2 data, a 2-step run on the first, labelled rows, a tiny GPT-2 HF dir."""
+def ws(tmp_path_factory, tiny_data):
+    """Byte data (a link to the shared, read-only one), gpt2 data, labelled rows, a tiny GPT-2
+    HF dir. The 2-step run on the byte data is each test's own `tiny_run`."""
     from gptkit.commands.prepare import prepare
 
     root = tmp_path_factory.mktemp("safety")
-    prepare(load_config(None, ["prepare.source=builtin:tiny", "prepare.tokenizer=byte",
-                               f"prepare.out_dir={root}/data", "prepare.val_fraction=0.1",
-                               "prepare.workers=1"]))  # fmt: skip
-    pretrain(load_config(None, [*TINY, f"data.dir={root}/data", f"train.out_dir={root}/run"]))
+    (root / "data").symlink_to(tiny_data, target_is_directory=True)
     (root / "text.txt").write_text("Some text for GPT-2 to score. " * 40)
     prepare(load_config(None, [f"prepare.source={root}/text.txt", "prepare.tokenizer=gpt2",
                                f"prepare.out_dir={root}/gpt2data", "prepare.val_fraction=0",
@@ -86,12 +79,6 @@ def _main(argv, capsys):
     return code, capsys.readouterr().err
 
 
-def _copy_run(ws, tmp_path) -> tuple[Path, Path]:
-    run = tmp_path / "run"
-    shutil.copytree(ws / "run", run)
-    return run, checkpoint.latest_checkpoint(run)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_payloads_are_live_when_unpickled_or_yaml_loaded_unsafely(tmp_path, kind):
     marker = tmp_path / "ran"
@@ -105,20 +92,20 @@ def test_payloads_are_live_when_unpickled_or_yaml_loaded_unsafely(tmp_path, kind
 
 @pytest.mark.parametrize("resume", ["auto", "path"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_pretrain_resume_refuses_a_malicious_state_pt(ws, tmp_path, capsys, kind, resume):
-    run, ckpt = _copy_run(ws, tmp_path)
+def test_pretrain_resume_refuses_a_malicious_state_pt(ws, tiny_run, tmp_path, capsys, kind, resume):
+    run, ckpt = tiny_run, artifacts.latest_checkpoint(tiny_run)
     marker = tmp_path / "ran"
     _write_evil(ckpt / "state.pt", kind, marker)
     how = "train.resume=auto" if resume == "auto" else f"train.resume={ckpt}"
-    code, err = _main(["pretrain", *TINY, f"data.dir={ws / 'data'}", f"train.out_dir={run}",
+    code, err = _main(["pretrain", *TINY_RUN, f"data.dir={ws / 'data'}", f"train.out_dir={run}",
                        "train.max_steps=3", how], capsys)  # fmt: skip
     assert code == 2 and err.startswith("gptkit: error: refusing to load") and "state.pt" in err
     assert not marker.exists()
-    assert checkpoint.latest_checkpoint(run) == ckpt  # nothing trained or written
+    assert artifacts.latest_checkpoint(run) == ckpt  # nothing trained or written
 
 
-def test_sample_eval_export_finetune_never_unpickle_state_pt(ws, tmp_path, capsys):
-    run, ckpt = _copy_run(ws, tmp_path)
+def test_sample_eval_export_finetune_never_unpickle_state_pt(ws, tiny_run, tmp_path, capsys):
+    run, ckpt = tiny_run, artifacts.latest_checkpoint(tiny_run)
     marker = tmp_path / "ran"
     _write_evil(ckpt / "state.pt", "os.system", marker)
     for argv in (
@@ -143,7 +130,7 @@ def _hf_argv(command: str, path: Path, ws: Path, tmp_path: Path) -> list:
         "export": ["export", path, "--out", tmp_path / "exported"],
         "finetune": ["finetune", f"finetune.init_from={path}", f"train.out_dir={tmp_path}/ft",
                      f"finetune.train_file={ws / 'rows.jsonl'}", "train.device=cpu"],
-        "pretrain-resume": ["pretrain", *TINY, f"data.dir={ws / 'data'}",
+        "pretrain-resume": ["pretrain", *TINY_RUN, f"data.dir={ws / 'data'}",
                             f"train.out_dir={tmp_path}/r", f"train.resume={path}"],
         "predict": ["predict", path, "--device", "cpu"],
     }[command]  # fmt: skip
@@ -181,10 +168,15 @@ def test_benign_pytorch_model_bin_loads_like_safetensors(ws, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["sample", "eval", "export", "finetune", "pretrain-resume",
                                      "predict"])  # fmt: skip
-def test_run_whose_weights_file_is_a_pickle_is_refused(ws, tmp_path, capsys, command):
-    run, ckpt = _copy_run(ws, tmp_path)
+def test_run_whose_weights_file_is_a_pickle_is_refused(ws, tiny_run, tmp_path, capsys, command):
+    run, ckpt = tiny_run, artifacts.latest_checkpoint(tiny_run)
     marker = tmp_path / "ran"
     _write_evil(ckpt / "model.safetensors", "os.system", marker)  # a pickle under the name
+    if command == "predict":  # predict checks the head first: make it a classifier's checkpoint
+        meta = json.loads((ckpt / "meta.json").read_text())
+        meta["head"] = {"name": "classification", "num_labels": 2, "labels": ["a", "b"],
+                        "pooling": "last"}  # fmt: skip
+        (ckpt / "meta.json").write_text(json.dumps(meta))
     code, err = _main(_hf_argv(command, run, ws, tmp_path), capsys)
     assert code == 2 and not marker.exists()
     assert err.startswith("gptkit: error: ") and "not a readable safetensors file" in err

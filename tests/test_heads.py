@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from gptkit import artifacts
 from gptkit.config import Config, to_dict
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPT, GPTConfig
@@ -56,8 +57,6 @@ def test_registry_and_unknown_head():
 
 
 def test_backbone_loads_bit_identical_under_a_new_head(tmp_path):
-    from gptkit.commands.finetune import load_backbone
-
     torch.manual_seed(0)
     src = GPT(CFG)
     meta = {
@@ -66,10 +65,11 @@ def test_backbone_loads_bit_identical_under_a_new_head(tmp_path):
         "head": {"name": "lm"},
     }
     checkpoint.save(tmp_path, step=1, model=src, state={}, meta=meta, keep_last=1)
-    model, head, tok = load_backbone(str(tmp_path))
+    art = artifacts.resolve(tmp_path)
+    model, head, tok = art.load_model(), art.head, art.tokenizer()
     assert head == {"name": "lm"} and tok.eot_id == 256
     swap_head(model, {"name": "token_classification", "num_labels": 5})
-    saved = checkpoint.read_weights(checkpoint.find(tmp_path) / "model.safetensors")
+    saved = artifacts.read_weights(artifacts.find_checkpoint(tmp_path) / "model.safetensors")
     got = model.transformer.state_dict()
     assert set(got) == set(backbone_state(saved))
     assert all(torch.equal(got[k], v) for k, v in backbone_state(saved).items())

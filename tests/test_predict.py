@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptkit import artifacts
 from gptkit.cli import main
 from gptkit.commands.finetune import finetune
-from gptkit.commands.predict import predict, predict_checkpoint
+from gptkit.commands.predict import predict
 from gptkit.config import Config, load_config, to_dict
 from gptkit.data.tokenizer import get_tokenizer
 from gptkit.model.gpt import GPT, GPTConfig
@@ -70,7 +71,7 @@ def test_stdin_to_stdout_matches_the_function(run, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(json.dumps(r) for r in ROWS) + "\n"))
     assert main(["predict", str(run), "--device", "cpu"]) == 0
     got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    model, meta = checkpoint.model_from_checkpoint(predict_checkpoint(run))
+    model, meta = artifacts.model_from_checkpoint(artifacts.resolve(run, best=True).dir)
     want = predict(model.eval(), get_tokenizer("byte"), ROWS, spec=meta["head"],
                    ft=meta["config"]["finetune"])  # fmt: skip
     assert got == want
@@ -79,12 +80,12 @@ def test_stdin_to_stdout_matches_the_function(run, monkeypatch, capsys):
 def test_regression_and_token_outputs(tmp_path):
     tok = get_tokenizer("byte")
     reg = _save(tmp_path / "reg", {"name": "regression", "num_targets": 2, "pooling": "mean"})
-    model, meta = checkpoint.model_from_checkpoint(checkpoint.find(reg))
+    model, meta = artifacts.model_from_checkpoint(artifacts.find_checkpoint(reg))
     (row,) = predict(model.eval(), tok, ROWS[:1], spec=meta["head"], ft=meta["config"]["finetune"])
     assert row["id"] == 1 and len(row["value"]) == 2 and "probs" not in row
     spec = {"name": "token_classification", "num_labels": 2, "labels": ["O", "FRUIT"]}
     ner = _save(tmp_path / "ner", spec)
-    model, meta = checkpoint.model_from_checkpoint(checkpoint.find(ner))
+    model, meta = artifacts.model_from_checkpoint(artifacts.find_checkpoint(ner))
     rows = [{"tokens": ["an", "apple", "here"]}]
     (row,) = predict(model.eval(), tok, rows, spec=meta["head"], ft=meta["config"]["finetune"])
     assert len(row["label"]) == 3 and set(row["label"]) <= {"O", "FRUIT"}
@@ -113,3 +114,63 @@ def test_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"gptkit: error: cannot write --output {out} ("), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_dash_means_stdin_and_stdout(tmp_path, monkeypatch, capsys):
+    cls = _save(tmp_path / "cls", {"name": "classification", "num_labels": 2, "labels": [0, 1]})
+    monkeypatch.chdir(tmp_path)  # a file named '-' would land here
+    outputs = []
+    for extra in ([], ["--input", "-", "--output", "-"]):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("".join(json.dumps(r) + "\n" for r in ROWS)))
+        assert main(["predict", str(cls), "--device", "cpu", *extra]) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "", captured.err
+        outputs.append([json.loads(line) for line in captured.out.splitlines()])
+    assert outputs[0] == outputs[1] and [r["id"] for r in outputs[1]] == [1, 2, 3]
+    assert not (tmp_path / "-").exists()
+
+
+def test_missing_input_names_the_dash_alternative(tmp_path, capsys):
+    cls = _save(tmp_path / "cls", {"name": "classification", "num_labels": 2, "labels": [0, 1]})
+    assert main(["predict", str(cls), "--input", str(tmp_path / "nope.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptkit: error: --input ") and "'-' for stdin" in err
+
+
+# The same '-' convention on the other commands' file arguments (see gptkit/cli.py).
+def test_sample_prompt_file_dash_reads_stdin(monkeypatch):
+    from gptkit.cli import build_parser
+    from gptkit.commands.sample import config_from_args
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin"))
+    args = build_parser().parse_args(["sample", "runs/x", "--prompt-file", "-"])
+    assert config_from_args(args).prompt == "from stdin"
+
+
+def test_plot_out_dash_writes_png_to_stdout(tmp_path, capsysbinary):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 5.0 - s, "lr": 1e-3}) + "\n" for s in range(1, 4)
+    ))  # fmt: skip
+    assert main(["plot", str(run), "--out", "-"]) == 0
+    captured = capsysbinary.readouterr()
+    assert captured.out.startswith(b"\x89PNG\r\n\x1a\n"), captured.out[:20]
+    assert b"gptkit plot: wrote a PNG to stdout" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["export", "runs/x", "--out", "-"], "--out"),
+        (["eval", "runs/x", "--data", "-"], "--data"),
+        (["prepare", "-c", "-"], "-c/--config"),
+    ],
+)
+def test_dash_for_a_folder_or_config_is_a_usage_error(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"gptkit: error: argument {flag}: '-'"), err
+    assert len(err.strip().splitlines()) == 1

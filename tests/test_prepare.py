@@ -191,7 +191,7 @@ def test_interrupted_run_leaves_the_old_output(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare._Splitter, "close", boom)
+    monkeypatch.setattr(prepare.Splitter, "close", boom)
     with pytest.raises(KeyboardInterrupt):
         build_shards(cfg, force=True, progress=False)
     assert read_meta(tmp_path / "out") == before

@@ -9,30 +9,22 @@ import subprocess
 import sys
 import time
 
+import conftest
 import pytest
 import torch
 
+from gptkit import artifacts
 from gptkit.commands.pretrain import pretrain
 from gptkit.config import load_config
 from gptkit.errors import GptkitError
-from gptkit.train import checkpoint
 
-TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "train.batch_size=4", "train.warmup_steps=2", "train.eval_steps=2", "train.dtype=float32",
-    "train.device=cpu", "train.log_interval=1", "train.lr=3e-3",
-]  # fmt: skip
+TINY = [*conftest.TINY, "train.warmup_steps=2", "train.lr=3e-3"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from gptkit.commands.prepare import prepare
-
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    cfg = load_config(None, ["prepare.source=builtin:tiny", "prepare.tokenizer=byte",
-                             f"prepare.out_dir={out}", "prepare.val_fraction=0.1"])  # fmt: skip
-    prepare(cfg)
-    return out
+def data_dir(tiny_data):
+    """The shared builtin:tiny byte data (read-only)."""
+    return tiny_data
 
 
 def config(data_dir, run_dir, *extra):
@@ -56,7 +48,7 @@ def test_loss_falls_in_seconds(data_dir, tmp_path):
     assert sum(list(curve.values())[-5:]) / 5 < curve[1] - 1.0, curve
     assert last["val_loss"] < 4.5  # ln(257) = 5.55 at init
     assert (run / "config.yaml").is_file()
-    assert checkpoint.latest_checkpoint(run).name == "step_000040"
+    assert artifacts.latest_checkpoint(run).name == "step_000040"
 
 
 def test_resume_matches_uninterrupted_run_exactly(data_dir, tmp_path):
@@ -72,8 +64,8 @@ def test_resume_matches_uninterrupted_run_exactly(data_dir, tmp_path):
     assert sorted(b) == list(range(9, 17))
     for step in b:
         assert a[step] == b[step], (step, a[step], b[step])  # fp32 CPU: bitwise equal
-    wa = checkpoint.read_weights(full / "checkpoints/step_000016/model.safetensors")
-    wb = checkpoint.read_weights(part / "checkpoints/step_000016/model.safetensors")
+    wa = artifacts.read_weights(full / "checkpoints/step_000016/model.safetensors")
+    wb = artifacts.read_weights(part / "checkpoints/step_000016/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -127,7 +119,7 @@ def test_two_gloo_ranks_equal_one_rank_with_same_global_batch(
     for step in va:
         assert abs(va[step] - vb[step]) <= 1e-5, (step, va[step], vb[step])
     # the sharded run's checkpoint is a full, loadable model
-    model, meta = checkpoint.model_from_checkpoint(checkpoint.latest_checkpoint(two))
+    model, meta = artifacts.model_from_checkpoint(artifacts.latest_checkpoint(two))
     assert meta["step"] == 6 and model.config.n_layer == 2
 
 
@@ -164,9 +156,9 @@ def test_sigterm_finishes_step_saves_and_exits_0(data_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    ckpt = checkpoint.latest_checkpoint(run)
-    assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] >= 3
-    model, _ = checkpoint.model_from_checkpoint(ckpt)
+    ckpt = artifacts.latest_checkpoint(run)
+    assert ckpt is not None and artifacts.read_meta(ckpt)["step"] >= 3
+    model, _ = artifacts.model_from_checkpoint(ckpt)
     assert model.config.n_layer == 2
 
 
@@ -206,10 +198,9 @@ def test_init_from_continues_another_runs_weights(data_dir, tmp_path):
                         "model.n_layer=3"))  # fmt: skip
 
 
-def test_resume_refuses_another_tokenizer(data_dir, tmp_path):
-    run = tmp_path / "run"
-    pretrain(config(data_dir, run, "train.max_steps=2"))
-    meta_path = checkpoint.latest_checkpoint(run) / "meta.json"
+def test_resume_refuses_another_tokenizer(data_dir, tiny_run):
+    run = tiny_run  # a 2-step run of our own
+    meta_path = artifacts.latest_checkpoint(run) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["tokenizer"]["name"] = "gpt2"
     meta_path.write_text(json.dumps(meta))

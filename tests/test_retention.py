@@ -2,6 +2,7 @@
 
 import torch
 
+from gptkit import artifacts
 from gptkit.train import checkpoint
 
 
@@ -13,5 +14,5 @@ def test_an_old_best_survives_beside_the_last_k(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
     assert names == ["step_000002", "step_000006", "step_000008"]  # step 4 pruned, best kept
     assert (tmp_path / "checkpoints/latest").read_text() == "step_000008\n"
-    assert checkpoint.latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_000008"
+    assert artifacts.latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_000008"
     assert not list((tmp_path / "checkpoints").glob(".*"))  # no temp or trash dirs left

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from gptkit import artifacts
 from gptkit.cli import main
 from gptkit.commands.sample import _Completion, sample
 from gptkit.config import SampleConfig
 from gptkit.data.tokenizer import ByteTokenizer, get_tokenizer
 from gptkit.model.gpt import GPT, GPTConfig
-from gptkit.train import checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,8 +42,10 @@ def byte_model(monkeypatch):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=257)).eval()
     tok = ByteTokenizer()
-    monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu": model)
-    monkeypatch.setattr(checkpoint, "load_tokenizer", lambda path: tok)
+    art = artifacts.Artifact(path="x", kind="export", dir=None, meta={})
+    monkeypatch.setattr(artifacts, "resolve", lambda path, **kw: art)
+    monkeypatch.setattr(artifacts.Artifact, "load_model", lambda self, device="cpu": model)
+    monkeypatch.setattr(artifacts.Artifact, "tokenizer", lambda self: tok)
     return model, tok
 
 

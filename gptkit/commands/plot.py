@@ -1,14 +1,17 @@
 """`gptkit plot RUN_DIR [RUN_DIR ...] --out curves.png`: loss curves of one or more runs.
 
 Reads each RUN_DIR/metrics.jsonl; draws train loss (solid) and val loss (dashed, dots) per run on
-one axis and the learning rate on a small axis below. matplotlib is an optional extra
-(`pip install 'gptkit[plot]'`), imported only here and without pyplot (no global backend state).
+one axis and the learning rate on a small axis below; `--out -` writes the PNG to stdout.
+matplotlib is an optional extra (`pip install 'gptkit[plot]'`), imported only here and without
+pyplot (no global backend state).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 from pathlib import Path
 
 from gptkit.errors import GptkitError
@@ -17,14 +20,16 @@ INSTALL_HINT = "pip install 'gptkit[plot]'"
 
 
 def run(args) -> int:
-    """CLI entry: plot, then say where the figure went."""
+    """CLI entry: plot, then say where the figure went (on stderr when the PNG went to stdout)."""
     plot(args.runs, args.out)
-    print(f"gptkit plot: wrote {args.out} ({len(args.runs)} run(s))")
+    where = "a PNG to stdout" if args.out == "-" else args.out
+    status = sys.stderr if args.out == "-" else sys.stdout
+    print(f"gptkit plot: wrote {where} ({len(args.runs)} run(s))", file=status)
     return 0
 
 
 def plot(run_dirs, out):
-    """Draw every run's curves into one figure, save it to `out`; return the matplotlib Figure."""
+    """Draw every run's curves into one figure, save it to `out` ('-' = PNG to stdout)."""
     Figure = _figure_class()
     runs = {name: read_metrics(d) for name, d in zip(_labels(run_dirs), run_dirs, strict=True)}
     fig = Figure(figsize=(8, 6), dpi=100, layout="constrained")
@@ -46,7 +51,10 @@ def plot(run_dirs, out):
     lr_ax.set_xlabel("step")
     lr_ax.grid(alpha=0.3)
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    _save(fig, Path(out))
+    if str(out) == "-":
+        _write_stdout(fig)
+    else:
+        _save(fig, Path(out))
     return fig
 
 
@@ -101,6 +109,20 @@ def _labels(run_dirs) -> list[str]:
     """Folder names, or the paths as given where two runs share a name."""
     names = [Path(d).resolve().name for d in run_dirs]
     return [n if names.count(n) == 1 else str(d) for n, d in zip(names, run_dirs, strict=True)]
+
+
+def _write_stdout(fig):
+    """The figure as PNG bytes on stdout, for `--out - | tool` or `--out - > file.png`."""
+    if sys.stdout.isatty():  # like gzip: binary data on a terminal is never what was meant
+        raise GptkitError(
+            "--out - would write a binary PNG to the terminal; redirect it "
+            "(gptkit plot RUN --out - > curves.png) or pass a file name"
+        )
+    buf = io.BytesIO()  # rendered in full first: a failed render writes nothing
+    fig.savefig(buf, format="png")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(buf.getvalue())
+    sys.stdout.buffer.flush()
 
 
 def _save(fig, out: Path):

@@ -1,9 +1,9 @@
 """`gptkit predict RUN [--input rows.jsonl] [--output out.jsonl] [--device auto]`: label rows.
 
-Reads JSON lines (stdin without --input), runs a fine-tuned classification, regression or
-token-classification model over the field it was trained on, and writes each row back with
-`label` (token classification: one per word) or `value`, plus `probs` ({label: p}) for classes
-(stdout without --output). A run dir uses its best-by-val checkpoint when it has one.
+Reads JSON lines (stdin without --input, or with `--input -`), runs a fine-tuned classification,
+regression or token-classification model over the field it was trained on, and writes each row
+back with `label` (token classification: one per word) or `value`, plus `probs` ({label: p}) for
+classes (stdout without --output, or with `--output -`). A run dir uses its best-by-val checkpoint.
 """
 
 from __future__ import annotations
@@ -14,34 +14,28 @@ from pathlib import Path
 
 import torch
 
+from gptkit import artifacts
 from gptkit.data import labeled
 from gptkit.errors import GptkitError
-from gptkit.train import checkpoint, runtime
+from gptkit.train import runtime
+from gptkit.train.checkpoint import write_text_atomic
 
 TASK_HEADS = ("classification", "regression", "token_classification")
 
 
-def predict_checkpoint(path) -> Path:
-    """The checkpoint `predict` uses: a checkpoint dir as given, else the run's best (or latest)."""
-    ckpt = checkpoint.find(path)
-    if Path(path).resolve() == ckpt.resolve():
-        return ckpt
-    best = checkpoint.read_meta(ckpt).get("best")
-    return ckpt.parent / best if best and (ckpt.parent / best / "meta.json").is_file() else ckpt
-
-
 def load_predictor(path, device="cpu"):
-    """(model in eval mode, tokenizer, head spec, finetune config dict) of a fine-tuned run."""
-    ckpt = predict_checkpoint(path)
-    model, meta = checkpoint.model_from_checkpoint(ckpt)
-    spec = meta.get("head", {"name": "lm"})
-    if spec.get("name") not in TASK_HEADS:
+    """(model in eval mode, tokenizer, head spec, finetune config dict) of a fine-tuned run:
+    a checkpoint dir as given, else the run's best checkpoint (else its latest)."""
+    art = artifacts.resolve(path, best=True)
+    if art.head["name"] not in TASK_HEADS:
         raise GptkitError(
-            f"{path} has a {spec.get('name')} head; predict needs a classification, regression "
+            f"{path} has a {art.head['name']} head; predict needs a classification, regression "
             "or token_classification run (use 'gptkit sample' for lm runs)"
         )
-    tok = checkpoint.load_tokenizer(ckpt)
-    return model.to(device).eval(), tok, spec, meta["config"]["finetune"]
+    if art.kind != "checkpoint":
+        raise GptkitError(f"{path} is a {art.kind} dir; predict needs the fine-tuned run or "
+                          "checkpoint dir (its finetune settings say how rows are read)")  # fmt: skip
+    return art.load_model(device), art.tokenizer(), art.head, art.config["finetune"]
 
 
 @torch.no_grad()
@@ -97,24 +91,36 @@ def run(args) -> int:
     """CLI entry: `gptkit predict RUN [--input] [--output] [--device]`."""
     device = runtime.resolve_device(args.device)
     model, tok, spec, ft = load_predictor(args.path, device)
-    if args.input:
-        if not Path(args.input).is_file():
-            raise GptkitError(f"--input {args.input} not found; pass an existing .jsonl file")
-        rows = labeled.read_rows(args.input)  # .csv and .parquet work too
-    else:
-        rows = labeled.parse_jsonl(sys.stdin, "stdin")
+    rows = _read_input(args.input)
     text = "".join(
         json.dumps(r, ensure_ascii=False) + "\n"
         for r in predict(model, tok, rows, spec=spec, ft=ft)
     )
-    if args.output:
-        try:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_text_atomic(Path(args.output), text)
-        except OSError as e:  # a file where a folder should be, no permission, disk full
-            raise GptkitError(
-                f"cannot write --output {args.output} ({e.strerror or e}); pass a writable path"
-            ) from None
-    else:
-        sys.stdout.write(text)
+    _write_output(args.output, text)
     return 0
+
+
+def _read_input(source: str | None) -> list[dict]:
+    """Rows from --input: a .jsonl/.json/.csv/.parquet file, or stdin when absent or '-'."""
+    if source is None or source == "-":
+        return labeled.parse_jsonl(sys.stdin, "stdin")
+    if not Path(source).is_file():
+        raise GptkitError(
+            f"--input {source} not found; pass an existing .jsonl (or .csv/.parquet) file, "
+            "or '-' for stdin"
+        )
+    return labeled.read_rows(source)
+
+
+def _write_output(target: str | None, text: str):
+    """Predictions to --output (written atomically), or to stdout when absent or '-'."""
+    if target is None or target == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(target), text)
+    except OSError as e:  # a file where a folder should be, no permission, disk full
+        raise GptkitError(
+            f"cannot write --output {target} ({e.strerror or e}); pass a writable path"
+        ) from None

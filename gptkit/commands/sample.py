@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
+from gptkit import artifacts
 from gptkit.config import ConfigError, SampleConfig, build
 from gptkit.errors import GptkitError
 from gptkit.model.generate import generate
 from gptkit.model.gpt import LMHead
+from gptkit.train import runtime
 
 # SampleConfig field -> the flag that sets it, so messages name what the user typed.
 _FLAGS = {
@@ -60,6 +62,8 @@ def config_from_args(args) -> SampleConfig:
 def _read_prompt(args) -> str:
     if args.prompt is not None and args.prompt_file is not None:
         raise GptkitError("both --prompt and --prompt-file given; pass only one")
+    if args.prompt == "-" or args.prompt_file == "-":
+        return sys.stdin.read()
     if args.prompt_file is not None:
         try:
             return Path(args.prompt_file).read_text(encoding="utf-8")
@@ -68,8 +72,6 @@ def _read_prompt(args) -> str:
             raise GptkitError(
                 f"cannot read --prompt-file {args.prompt_file} ({reason}); pass a UTF-8 text file"
             ) from None
-    if args.prompt == "-":
-        return sys.stdin.read()
     return args.prompt or ""
 
 
@@ -85,16 +87,9 @@ def sample(path, cfg: SampleConfig, *, device="auto", dtype="auto", as_json=Fals
         stream.write(cfg.prompt)
         stream.flush()
     start = time.perf_counter()
-    tokens = generate(
-        model,
-        idx,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        repetition_penalty=cfg.repetition_penalty,
-        generator=torch.Generator(device=dev).manual_seed(cfg.seed),
-    )
+    knobs = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    tokens = generate(model, idx, **{k: getattr(cfg, k) for k in knobs}, generator=gen)
     for column in tokens:
         now = time.perf_counter() - start
         for row, token in zip(rows, column.tolist(), strict=True):
@@ -108,24 +103,20 @@ def sample(path, cfg: SampleConfig, *, device="auto", dtype="auto", as_json=Fals
 
 def _load(path, device: str, dtype: str):
     """(model in eval mode on device/dtype, tokenizer, device), with user-facing checks."""
-    from gptkit.train import checkpoint, runtime
-
     if dtype not in _DTYPE_NAMES:
         raise GptkitError(f"unknown --dtype {dtype!r}; choose one of {', '.join(_DTYPE_NAMES)}")
     dev = runtime.resolve_device(device)
     # Decoding one token at a time on CPU: fp32 (bf16 SDPA is slower at short lengths there).
-    dt = (
-        torch.float32
-        if dtype == "auto" and dev.type == "cpu"
-        else runtime.resolve_dtype(dtype, dev)
-    )
-    model = checkpoint.load_model(path, dev).to(dt)
+    cpu_auto = dtype == "auto" and dev.type == "cpu"
+    dt = torch.float32 if cpu_auto else runtime.resolve_dtype(dtype, dev)
+    art = artifacts.resolve(path)
+    model = art.load_model(dev).to(dt)
     if not isinstance(model.head, LMHead):
         raise GptkitError(
             f"{path} has a {type(model.head).__name__} head, not a language model head; "
             "sample from the pretrained run it was fine-tuned from"
         )
-    tok = checkpoint.load_tokenizer(path)
+    tok = art.tokenizer()
     if tok.vocab_size > model.config.vocab_size:
         raise GptkitError(
             f"{path}: tokenizer {tok.name} has {tok.vocab_size} ids but the model only "
@@ -184,13 +175,15 @@ def _report(rows, cfg: SampleConfig, seconds: float, stream, as_json: bool, out)
     for row in rows:
         row.finish_reason = row.finish_reason or "length"
         row.seconds = row.seconds or seconds
-        results.append({
-            "prompt": cfg.prompt,
-            "completion": row.text,
-            "tokens": row.count,
-            "finish_reason": row.finish_reason,
-            "tokens_per_second": round(row.count / max(row.seconds, 1e-9), 2),
-        })  # fmt: skip
+        results.append(
+            {
+                "prompt": cfg.prompt,
+                "completion": row.text,
+                "tokens": row.count,
+                "finish_reason": row.finish_reason,
+                "tokens_per_second": round(row.count / max(row.seconds, 1e-9), 2),
+            }
+        )
     if stream is not None:
         rows[0].flush(stream)
         stream.write("\n")

@@ -104,7 +104,10 @@ def _advance(model: GPT, cache, seq: torch.Tensor) -> torch.Tensor:
     block = model.config.block_size
     if cache.pos < block:
         return _forward(model, cache, seq[:, -1:])
-    cache.reset()  # learned positions cannot shift: re-prefill the last half block
+    # Learned absolute positions cannot shift, so a full cache is rebuilt from the newest tokens.
+    # Half a block, not a full one: one re-prefill then buys block/2 cheap steps, and the model
+    # still sees at least block/2 tokens of context.
+    cache.reset()
     return _forward(model, cache, seq[:, -max(1, block // 2) :])
 
 

@@ -1,61 +1,21 @@
-"""GPT-2, exactly: config, attention with a KV cache, MLP, block, backbone and the LM head.
+"""GPT-2, exactly: attention with a KV cache, MLP, block, backbone and the LM head.
 
 `GPT(config)` is a language model: a backbone (`transformer`: wte, wpe, h, ln_f -> hidden states)
 plus a swappable head (`head`, default the LM projection tied to `wte`). Parameter names follow
 GPT-2 so Hugging Face weights map one to one. Torch only: no ranks, autocast or printing here.
+`GPTConfig` (model/config.py, torch-free) is re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(kw_only=True, slots=True)
-class GPTConfig:
-    n_layer: int = 6
-    """number of transformer blocks"""
-    n_head: int = 6
-    """attention heads per block"""
-    n_embd: int = 384
-    """width of the residual stream"""
-    block_size: int = 256
-    """longest context in tokens (learned position embeddings)"""
-    vocab_size: int | None = None
-    """tokenizer vocabulary; null = taken from the data's meta.json"""
-    dropout: float = 0.0
-    """dropout on embeddings, attention and residual paths (0 for pretraining is fine)"""
-    bias: bool = True
-    """biases in Linear and LayerNorm layers (GPT-2 has them)"""
-    pad_vocab_to: int = 64
-    """round the embedding table up to a multiple of this (faster matmuls); 1 = no padding"""
-
-    def __post_init__(self):
-        problems = []
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "pad_vocab_to"):
-            if getattr(self, name) < 1:
-                problems.append(f"`model.{name}` must be >= 1, got {getattr(self, name)}")
-        if self.n_head >= 1 and self.n_embd % self.n_head:
-            problems.append(
-                f"`model.n_embd` ({self.n_embd}) must be divisible by `model.n_head` "
-                f"({self.n_head}); change one of them"
-            )
-        if self.vocab_size is not None and self.vocab_size < 1:
-            problems.append(f"`model.vocab_size` must be >= 1, got {self.vocab_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"`model.dropout` must be in [0, 1), got {self.dropout}")
-        if problems:
-            raise ValueError("\n".join(problems))
-
-    @property
-    def padded_vocab_size(self) -> int:
-        assert self.vocab_size is not None, "vocab_size must be resolved before building a model"
-        m = self.pad_vocab_to
-        return (self.vocab_size + m - 1) // m * m
+# GPTConfig lives in a torch-free module; it stays importable from here too.
+from gptkit.model.config import GPTConfig
 
 
 class KVCache:

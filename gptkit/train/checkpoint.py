@@ -1,13 +1,15 @@
-"""Checkpoints: atomic save, retention, resume, and loading models for use.
+"""Training checkpoints: atomic save, retention, and what a resumed run reads back.
 
 `RUN_DIR/checkpoints/step_000500/` holds `model.safetensors` (weights, backbone `transformer.*`
 and head `head.*` apart by prefix), `state.pt` (optimizer, scaler, RNG, loader: tensors and
 plain types, read with `weights_only=True`) and `meta.json`. A folder is written under a
-temporary name and renamed; `checkpoints/latest` names the newest complete one.
+temporary name and renamed; `checkpoints/latest` names the newest complete one. Loading a
+model for use (sample, eval, export) is `gptkit.artifacts`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -21,10 +23,8 @@ import torch
 from safetensors import SafetensorError
 
 from gptkit import __version__
+from gptkit.artifacts import find_checkpoint, latest_checkpoint, read_meta, step_number
 from gptkit.errors import GptkitError
-from gptkit.model.gpt import GPT, GPTConfig
-from gptkit.model.heads import build_head
-from gptkit.model.lora import inject, merge
 
 FORMAT_VERSION = 1
 
@@ -68,7 +68,7 @@ def save(run_dir, *, step: int, model, state: dict, meta: dict, keep_last: int, 
 
 
 def _prune(root: Path, keep_last: int, keep: set):
-    steps = sorted((p.name for p in root.glob("step_*") if p.is_dir()), key=_step_number)
+    steps = sorted((p.name for p in root.glob("step_*") if p.is_dir()), key=step_number)
     for name in steps[:-keep_last]:
         if name not in keep:
             _discard(root / name)
@@ -92,12 +92,6 @@ def _discard(ckpt: Path):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-def _step_number(name: str) -> int:
-    """step_000500 -> 500 (numeric order stays right past step 999,999)."""
-    digits = name[len("step_") :]
-    return int(digits) if digits.isdigit() else -1
 
 
 def write_text_atomic(path: Path, text: str):
@@ -152,50 +146,7 @@ def _tuples(x):
 
 
 # --------------------------------------------------------------------------------------------
-# Finding and reading
-
-
-def find(path) -> Path:
-    """A run dir (-> its latest checkpoint) or a checkpoint dir -> the checkpoint dir."""
-    p = Path(path)
-    if not p.exists():
-        raise GptkitError(f"{p} does not exist; pass a run dir, a checkpoint dir or an HF dir")
-    if (p / "model.safetensors").is_file() and (p / "meta.json").is_file():
-        return p
-    latest = latest_checkpoint(p)
-    if latest is None:
-        raise GptkitError(
-            f"no checkpoint in {p} (expected {p}/checkpoints/latest or model.safetensors + "
-            "meta.json); train it first or pass a checkpoint dir"
-        )
-    return latest
-
-
-def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint `latest` names, else the newest complete one, else None."""
-    root = Path(run_dir) / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
-        if name.startswith("step_") and name.isprintable() and "/" not in name:
-            if (root / name / "meta.json").is_file():
-                return root / name
-    done = sorted((p for p in root.glob("step_*") if (p / "meta.json").is_file()),
-                  key=lambda p: _step_number(p.name))  # fmt: skip
-    return done[-1] if done else None
-
-
-def read_meta(ckpt: Path) -> dict:
-    """meta.json of a checkpoint dir, validated."""
-    try:
-        meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GptkitError(
-            f"{ckpt}/meta.json is unreadable ({e}); the checkpoint is corrupt"
-        ) from None
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise GptkitError(f"{ckpt}/meta.json is not a gptkit checkpoint (no 'config')")
-    return meta
+# Resuming
 
 
 def read_state(ckpt: Path) -> dict:
@@ -213,103 +164,30 @@ def read_state(ckpt: Path) -> dict:
         ) from None
 
 
-def read_weights(path: Path) -> dict:
-    """A safetensors file -> state dict, with a clear error when it is corrupt."""
-    try:
-        return safetensors.torch.load_file(path)
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types
-        raise GptkitError(f"{path} is not a readable safetensors file ({e}); re-save it") from None
-
-
-def model_from_checkpoint(ckpt: Path, *, strict: bool = True) -> tuple[GPT, dict]:
-    """Rebuild the model a checkpoint's meta.json describes and load its weights."""
-    meta = read_meta(ckpt)
-    try:
-        config = GPTConfig(**meta["config"]["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise GptkitError(f"{ckpt}/meta.json has an invalid model config ({e})") from None
-    model = GPT(config, head=build_head(meta.get("head", {"name": "lm"}), config))
-    if meta.get("lora"):  # a LoRA fine-tune: its weights hold adapters beside the frozen base
-        inject(model.transformer, **meta["lora"])
-    weights = read_weights(ckpt / "model.safetensors")
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # a tensor's shape differs from the one meta.json describes
-        lines = [line.strip() for line in str(e).splitlines() if "mismatch" in line]
-        raise GptkitError(
-            f"{ckpt}/model.safetensors does not match its meta.json "
-            f"({(lines or [_first_line(e)])[0][:200]}); the checkpoint is from another architecture"
-        ) from None
-    if strict and (missing or unexpected):
-        raise GptkitError(
-            f"{ckpt}/model.safetensors does not match its meta.json (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); the checkpoint is from another architecture"
-        )
-    if meta.get("lora"):
-        merge(model.transformer)  # plain Linear weights: sample, predict and export need no LoRA
-    return model, meta
-
-
-def load_model(path, device="cpu") -> GPT:
-    """A run dir, checkpoint dir, gptkit/HF export dir or hf:NAME -> model in eval mode."""
-    from gptkit.model import hf
-
-    export = export_config(path)
-    if export is not None and export.get("format") == "gptkit":  # export --format safetensors
-        model = _model_from_export(Path(path), export)
-    elif str(path).startswith("hf:") or hf.is_hf_dir(path):
-        model = hf.load_hf(path)
-    else:
-        model, _ = model_from_checkpoint(find(path))
-    return model.to(device).eval()
-
-
-def load_tokenizer(path):
-    """The tokenizer a model was trained with (HF dirs: gptkit.json's, else gpt2)."""
-    from gptkit.data.tokenizer import get_tokenizer
-    from gptkit.model import hf
-
-    export = export_config(path)
-    if export is not None and "tokenizer" in export:
-        return get_tokenizer(export["tokenizer"])
-    sidecar = Path(str(path)) / "gptkit.json"  # written beside an HF export by `gptkit export`
-    if sidecar.is_file():
-        return get_tokenizer(_read_json(sidecar)["tokenizer"])
-    if str(path).startswith("hf:") or hf.is_hf_dir(path):
-        return get_tokenizer("gpt2")
-    meta = read_meta(find(path))
-    if "tokenizer" not in meta:
-        raise GptkitError(f"{path} has no tokenizer in its meta.json; it cannot decode text")
-    return get_tokenizer(meta["tokenizer"])
-
-
-def export_config(path) -> dict | None:
-    """config.json of a `gptkit export --format safetensors` dir, else None."""
-    p = Path(str(path)) / "config.json"
-    if str(path).startswith("hf:") or not p.is_file():
+def resume_checkpoint(cfg, run_dir: Path, tokenizer: dict) -> Path | None:
+    """The checkpoint to continue from (`train.resume`), checked against this run's config."""
+    mode = cfg.train.resume
+    if mode == "never":
+        if latest_checkpoint(run_dir) is not None:
+            raise GptkitError(
+                f"{run_dir} already has checkpoints and train.resume is never; choose another "
+                "train.out_dir, delete the old run, or set train.resume=auto"
+            )
         return None
-    cfg = _read_json(p)
-    return cfg if isinstance(cfg, dict) and cfg.get("format") == "gptkit" else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GptkitError(f"{path} is unreadable ({e}); re-export the model") from None
-
-
-def _model_from_export(path: Path, cfg: dict) -> GPT:
-    try:
-        config = GPTConfig(**cfg["model"])
-        model = GPT(config, head=build_head(cfg.get("head", {"name": "lm"}), config))
-    except (KeyError, TypeError, ValueError) as e:
-        raise GptkitError(f"{path}/config.json has an invalid model config ({e})") from None
-    try:
-        model.load_state_dict(read_weights(path / "model.safetensors"))
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
+    ckpt = latest_checkpoint(run_dir) if mode == "auto" else find_checkpoint(mode)
+    if ckpt is None:
+        return None
+    meta = read_meta(ckpt)
+    if meta.get("tokenizer") != tokenizer:
         raise GptkitError(
-            f"{path}/model.safetensors does not match config.json ({first})"
-        ) from None
-    return model
+            f"checkpoint {ckpt} was trained with tokenizer {meta.get('tokenizer', {}).get('name')}"
+            f" but {cfg.data.dir} uses {tokenizer.get('name')}; point data.dir at matching data "
+            "or start a new run (train.resume=never, new train.out_dir)"
+        )
+    saved = meta["config"].get("model") if isinstance(meta["config"], dict) else None
+    if saved != dataclasses.asdict(cfg.model):
+        raise GptkitError(
+            f"model config differs from checkpoint {ckpt}; resume with the same model section "
+            "or start a new run in another train.out_dir"
+        )
+    return ckpt

@@ -1,8 +1,8 @@
-"""`fit()`: the one training loop, shared by pretrain and finetune; `evaluate()` for LM loss.
+"""`fit()`: the one training loop, shared by pretrain and finetune.
 
-What differs between the two commands (data, loss, evaluation) comes in a `Task`; the loop
-sets the lr, steps, guards against non-finite updates, logs, evaluates, checkpoints, and stops
-cleanly on SIGTERM/SIGINT (finish the step, save, return).
+What differs between the two commands (data, loss, evaluation) comes in a `Task`
+(`train/tasks.py`); the loop sets the lr, steps, guards against non-finite updates, logs,
+evaluates, checkpoints, and stops cleanly on SIGTERM/SIGINT (finish the step, save, return).
 """
 
 from __future__ import annotations
@@ -11,34 +11,16 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from gptkit.config import TrainConfig
 from gptkit.errors import GptkitError
 from gptkit.train import checkpoint, runtime
 from gptkit.train.metrics import Metrics, peak_flops
 from gptkit.train.optim import lr_at, set_lr
-
-
-@dataclass(kw_only=True)
-class Task:
-    """Data, loss and evaluation of one kind of training."""
-
-    train: object  # next_batch() -> batch; state_dict(); load_state_dict()
-    loss: Callable  # (model, batch) -> mean loss of the micro-batch
-    evaluate: Callable  # (model) -> {"val_loss": ..., ...} averaged over ranks
-    tokens: Callable = lambda batch: batch[0].numel()  # tokens in a micro-batch
-    # Loss targets in a micro-batch, for losses that average over a varying number of targets
-    # (padded SFT, token labels): micro-batches are then weighted so a step's loss is the mean
-    # over every target of the global batch, whatever its split into ranks x accumulation.
-    count: Callable | None = None
-    best_key: str = "val_loss"  # metric that picks the best checkpoint
-    best_mode: str = "min"  # or "max"
-    flops_per_token: float | None = None  # for MFU
+from gptkit.train.tasks import Task
 
 
 @dataclass(kw_only=True)
@@ -54,52 +36,67 @@ class State:
     stalls: int = 0  # evaluations since the best one (early stopping)
 
 
+@dataclass(kw_only=True)
+class _Run:
+    """What one `fit()` call works with, so helpers take one argument instead of ten."""
+
+    model: torch.nn.Module  # as wrapped for training (DDP/FSDP/compile)
+    raw: torch.nn.Module  # the plain module underneath: what checkpoints save
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 on CUDA only
+    task: Task
+    st: State
+    cfg: TrainConfig
+    rt: object  # runtime.Runtime
+    run_dir: object
+    meta: dict  # written into every checkpoint's meta.json
+    max_steps: int
+    patience: int  # evaluations without improvement before stopping (0 = never)
+
+
 def fit(model, optimizer, task: Task, *, cfg: TrainConfig, rt, run_dir, meta: dict,
         max_steps: int, resume_from=None, wandb_cfg=None, patience: int = 0) -> dict:  # fmt: skip
     """Train until `max_steps` (or a stop signal, or early stopping); return the last metrics."""
-    raw = unwrap(model)
+    raw = runtime.unwrap(model)
     model.train()
     scaler = _grad_scaler(rt)
     st = _restore(resume_from, raw, optimizer, scaler, task, rt) if resume_from else State()
+    run = _Run(model=model, raw=raw, optimizer=optimizer, scaler=scaler, task=task, st=st,
+               cfg=cfg, rt=rt, run_dir=run_dir, meta=meta, max_steps=max_steps,
+               patience=patience)  # fmt: skip
     metrics = Metrics(run_dir, total_steps=max_steps, start_step=st.step, enabled=rt.is_main,
                       wandb_cfg=wandb_cfg, config=meta.get("config"))  # fmt: skip
     try:
-        return _loop(model, raw, optimizer, scaler, task, st, metrics, cfg=cfg, rt=rt,
-                     run_dir=run_dir, meta=meta, max_steps=max_steps, patience=patience)  # fmt: skip
+        return _loop(run, metrics)
     finally:
         metrics.close()
 
 
-def _loop(model, raw, optimizer, scaler, task, st, metrics, *, cfg, rt, run_dir, meta, max_steps,
-          patience) -> dict:  # fmt: skip
-    peak = peak_flops(rt.device, cfg.peak_flops)
+def _loop(run: _Run, metrics: Metrics) -> dict:
+    """Step, log, evaluate, checkpoint; in that order, so a checkpoint holds the step's val."""
+    st, cfg, task = run.st, run.cfg, run.task
+    peak = peak_flops(run.rt.device, cfg.peak_flops)
     last, t_log, steps_since_log = {}, time.time(), 0
     if st.step == 0 and cfg.eval_interval:
-        last = _evaluate(model, task, st, metrics)
+        last = _evaluate(run.model, task, st, metrics)
     with _StopOnSignal() as stop:
-        while st.step < max_steps:
-            lr = lr_at(st.step, cfg, max_steps)
-            set_lr(optimizer, lr)
-            loss, norm, ntok = _train_step(model, optimizer, task, cfg, rt, scaler)
+        while st.step < run.max_steps:
+            lr = lr_at(st.step, cfg, run.max_steps)
+            set_lr(run.optimizer, lr)
+            loss, norm, ntok = _train_step(run)
             st.step += 1
             steps_since_log += 1
             st.tokens += ntok
-            # fp16's GradScaler overflows now and then by design: it skips those steps itself
-            if not math.isfinite(loss) or (not math.isfinite(norm) and scaler is None):
-                _count_bad(st, cfg)
-            elif not math.isfinite(norm):
-                st.skipped_steps += 1
-            else:
-                st.bad_steps = 0
-            signalled = runtime.any_rank(stop.requested, rt)
-            done = st.step == max_steps or signalled
+            _check_finite(st, cfg, loss, norm, fp16_scaler=run.scaler is not None)
+            signalled = runtime.any_rank(stop.requested, run.rt)  # all ranks stop together
+            done = st.step == run.max_steps or signalled
             record, improved = None, False
             if st.step % cfg.log_interval == 0 or done:
                 dt = (time.time() - t_log) / steps_since_log
                 record = _train_record(st, loss, lr, norm, ntok, dt, task, peak)
             due = cfg.eval_interval and st.step % cfg.eval_interval == 0
             if due or (done and not signalled):  # a signal's grace period is for saving
-                val = _evaluate(model, task, st, metrics, log=False)
+                val = _evaluate(run.model, task, st, metrics, log=False)
                 record = {**(record or {"step": st.step}), **val}
                 improved = _improves(val, st, task)
                 st.stalls = 0 if improved else st.stalls + 1
@@ -107,10 +104,9 @@ def _loop(model, raw, optimizer, scaler, task, st, metrics, *, cfg, rt, run_dir,
                 metrics.log(record)
                 last = record
             metrics.advance()
-            stopping = done or (patience and st.stalls >= patience)
-            interval = cfg.ckpt_interval and st.step % cfg.ckpt_interval == 0
-            if interval or stopping or improved:
-                _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta)
+            stopping = done or (run.patience and st.stalls >= run.patience)
+            if (cfg.ckpt_interval and st.step % cfg.ckpt_interval == 0) or stopping or improved:
+                _save(run)
             if stopping:
                 break
             if record is not None:  # eval and checkpoint time stay out of ms/step
@@ -118,25 +114,48 @@ def _loop(model, raw, optimizer, scaler, task, st, metrics, *, cfg, rt, run_dir,
     return last
 
 
-def _train_step(model, optimizer, task, cfg, rt, scaler):
+def _check_finite(st: State, cfg: TrainConfig, loss: float, norm: float, *, fp16_scaler: bool):
+    """Count non-finite steps (their update was skipped); too many in a row stop the run.
+    fp16's GradScaler overflows now and then by design and skips those steps itself."""
+    if not math.isfinite(loss) or (not math.isfinite(norm) and not fp16_scaler):
+        _count_bad(st, cfg)
+    elif not math.isfinite(norm):
+        st.skipped_steps += 1
+    else:
+        st.bad_steps = 0
+
+
+def _train_step(run: _Run):
     """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, tokens)."""
+    model, optimizer, task, cfg, rt, scaler = (
+        run.model,
+        run.optimizer,
+        run.task,
+        run.cfg,
+        run.rt,
+        run.scaler,
+    )
     total, ntok = 0.0, 0
     batches = [task.train.next_batch() for _ in range(cfg.grad_accum)]
     weights = _micro_weights(task, batches, rt)
     for micro, batch in enumerate(batches):
         ntok += task.tokens(batch)
+        # DDP all-reduces gradients on the last micro-step only: accumulation costs no traffic
         with runtime.no_sync(model, rt, last_micro_step=micro == cfg.grad_accum - 1):
             with runtime.autocast(rt):
                 loss = task.loss(model, batch)
+                # Each micro-batch's mean loss is scaled so the summed gradients equal those of
+                # the mean over the global batch: 1/grad_accum for equal-sized batches, or the
+                # micro-batch's share of all targets when their number varies (padded SFT).
                 loss = loss / cfg.grad_accum if weights is None else loss * weights[micro]
             (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach().float().item()
     total = runtime.all_reduce_mean(total, rt)  # every rank decides on the same numbers
     if scaler:
-        scaler.unscale_(optimizer)
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: DTensor
     if scaler:
         scaler.step(optimizer)  # skips the update itself on inf/nan gradients
         scaler.update()
@@ -193,21 +212,27 @@ def _improves(val: dict, st: State, task: Task) -> bool:
     return better
 
 
-def _save(raw, optimizer, scaler, task, st, cfg, rt, run_dir, meta):
-    weights, opt_state = runtime.state_dicts(raw, optimizer)  # collective under FSDP
-    rngs = runtime.gather_objects(checkpoint.rng_state(), rt)  # each rank's dropout stream
-    if rt.is_main:
-        state = {"optimizer": opt_state, "scaler": scaler.state_dict() if scaler else None,
-                 "rng": rngs, "loader": task.train.state_dict(),
+def _save(run: _Run):
+    """Checkpoint the run; every rank takes part (FSDP gathers shards, RNG from each rank)."""
+    st = run.st
+    weights, opt_state = runtime.state_dicts(run.raw, run.optimizer)  # collective under FSDP
+    rngs = runtime.gather_objects(checkpoint.rng_state(), run.rt)  # each rank's dropout stream
+    if run.rt.is_main:
+        state = {"optimizer": opt_state, "rng": rngs, "loader": run.task.train.state_dict(),
+                 "scaler": run.scaler.state_dict() if run.scaler else None,
                  "train": vars(st).copy()}  # fmt: skip
         extra = {"step": st.step, "tokens": st.tokens, "best": st.best_name}
-        checkpoint.save(run_dir, step=st.step, model=weights, state=state, meta={**meta, **extra},
-                        keep_last=cfg.keep_last, best=st.best_name)  # fmt: skip
-    runtime.barrier(rt)
+        checkpoint.save(run.run_dir, step=st.step, model=weights, state=state,
+                        meta={**run.meta, **extra}, keep_last=run.cfg.keep_last,
+                        best=st.best_name)  # fmt: skip
+    runtime.barrier(run.rt)
 
 
 def _restore(ckpt, raw, optimizer, scaler, task, rt) -> State:
     """Load optimizer, loader, counters and RNG from a checkpoint (weights are loaded earlier)."""
+    # Order matters for a bit-exact resume: weights went into the plain model before it was
+    # wrapped (the command did that), the optimizer state maps onto those (possibly sharded)
+    # parameters, and the RNG comes last so nothing draws random numbers after it is restored.
     state = checkpoint.read_state(ckpt)
     try:
         runtime.load_optimizer_state(raw, optimizer, state["optimizer"])
@@ -232,31 +257,6 @@ def _grad_scaler(rt):
     if rt.dtype == torch.float16 and rt.device.type == "cuda":
         return torch.amp.GradScaler("cuda")
     return None
-
-
-def unwrap(model):
-    """The plain module under torch.compile / DDP wrappers (what checkpoints save)."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
-def lm_loss(model, batch):
-    """Next-token cross-entropy of an (x, y) batch."""
-    x, y = batch
-    logits = model(x)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100)
-
-
-@torch.no_grad()
-def evaluate_lm(model, make_batches: Callable, steps: int, rt) -> dict:
-    """Mean LM loss over the same `steps` val batches every time, averaged over ranks."""
-    batches = make_batches()
-    total = 0.0
-    for _ in range(steps):
-        with runtime.autocast(rt):
-            total += lm_loss(model, batches.next_batch()).item()
-    loss = runtime.all_reduce_mean(total / max(steps, 1), rt)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
 
 class _StopOnSignal:

@@ -1,7 +1,8 @@
 """Metric sinks: console line + tqdm bar, RUN_DIR/metrics.jsonl, and wandb when enabled.
 
 Only rank 0 builds a `Metrics`; other ranks get one with `enabled=False`. Also the throughput
-arithmetic: tokens/s and MFU (achieved model FLOP/s over the hardware's peak).
+arithmetic (tokens/s and MFU: achieved model FLOP/s over the hardware's peak) and a fine-tune's
+closing table of final and best val metrics (`report`, also written to RUN_DIR/metrics.json).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from gptkit import artifacts
 from gptkit.errors import GptkitError
+from gptkit.train.checkpoint import write_text_atomic
 
 # Dense bf16 peak FLOP/s by GPU name fragment (no sparsity); first match wins.
 PEAK_FLOPS = [
@@ -51,8 +54,16 @@ def peak_flops(device, configured: float | None) -> float | None:
 class Metrics:
     """Writes one record per log step to every enabled sink."""
 
-    def __init__(self, run_dir, *, total_steps: int, start_step: int, enabled: bool, wandb_cfg=None,
-                 config: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        run_dir,
+        *,
+        total_steps: int,
+        start_step: int,
+        enabled: bool,
+        wandb_cfg=None,
+        config: dict | None = None,
+    ):
         self.enabled = enabled
         self.total_steps = total_steps
         self.file = self.bar = self.wandb = None
@@ -65,8 +76,15 @@ class Metrics:
             self.file = open(self.path, "a", encoding="utf-8")
         except OSError as e:
             raise GptkitError(f"cannot open {self.path} ({e.strerror}); fix the run dir") from None
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                        dynamic_ncols=True, leave=False, disable=None)  # fmt: skip
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+            disable=None,
+        )
         if wandb_cfg is not None and wandb_cfg.enabled:
             self.wandb = _start_wandb(wandb_cfg, run_dir, config)
         self._t_start = time.time()
@@ -126,8 +144,9 @@ class Metrics:
 
 def _strict(record: dict) -> dict:
     """NaN/inf (a skipped step's loss) as null: json.dumps would write NaN, which is not JSON."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
-            for k, v in record.items()}  # fmt: skip
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
 
 
 def _drop_after(path: Path, step: int):
@@ -151,9 +170,15 @@ def _start_wandb(cfg, run_dir, config):
     run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
     id_file.write_text(run_id + "\n")
     try:
-        return wandb.init(project=cfg.project, name=cfg.run_name or Path(run_dir).name,
-                          mode=cfg.mode, dir=str(run_dir), config=config, id=run_id,
-                          resume="allow")  # fmt: skip
+        return wandb.init(
+            project=cfg.project,
+            name=cfg.run_name or Path(run_dir).name,
+            mode=cfg.mode,
+            dir=str(run_dir),
+            config=config,
+            id=run_id,
+            resume="allow",
+        )
     except Exception as e:  # noqa: BLE001 - wandb raises its own types (no login, no network)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GptkitError(
@@ -168,3 +193,39 @@ def _fmt_time(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def report(run_dir: Path, last: dict, best_key: str) -> dict:
+    """Print the final/best val metrics as a table and write RUN_DIR/metrics.json atomically."""
+    final = {k: v for k, v in last.items() if k == "step" or k.startswith("val_") or k == "loss"}
+    best = _best_record(run_dir, best_key)
+    summary = {"final": final, "best": best, "best_key": best_key}
+    write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    head = f"{'metric':<12}{'final (step ' + str(final.get('step')) + ')':>20}"
+    if best:
+        head += f"{'best (step ' + str(best['step']) + ')':>20}"
+    lines = [head]
+    for k in (k for k in final if k != "step"):
+        row = f"{k:<12}{final[k]:>20.4f}"
+        if best and isinstance(best.get(k), float):
+            row += f"{best[k]:>20.4f}"
+        lines.append(row)
+    print("\n".join(lines), flush=True)
+    return summary
+
+
+def _best_record(run_dir: Path, best_key: str) -> dict | None:
+    """The metrics.jsonl record of the best checkpoint's evaluation, if any."""
+    latest = artifacts.latest_checkpoint(run_dir)
+    name = artifacts.read_meta(latest).get("best") if latest else None
+    if not name:
+        return None
+    step, found = artifacts.step_number(name), None
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("step") == step and best_key in record:
+                found = record
+    if found is None:
+        return None
+    return {k: v for k, v in found.items() if k == "step" or k.startswith("val_")}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -128,6 +130,12 @@ def parallelize(model: torch.nn.Module, rt: Runtime, *, strategy: str, compile: 
     return model
 
 
+def unwrap(model):
+    """The plain module under torch.compile / DDP wrappers (what checkpoints save)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
 def _sharded(model) -> bool:
     from torch.distributed.tensor import DTensor
 
@@ -174,6 +182,22 @@ def all_reduce_mean(value: float, rt: Runtime) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=rt.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.item() / rt.world_size
+
+
+def all_reduce_sum(values: list[float], rt: Runtime) -> list[float]:
+    """Elementwise sum of a list of Python floats over ranks (float64, so counts stay exact)."""
+    if not rt.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def seed_everything(seed: int):
+    """Seed Python, numpy and torch (model init and data order are then reproducible)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def any_rank(flag: bool, rt: Runtime) -> bool:
