@@ -1,7 +1,7 @@
 """Autoregressive sampling with the KV cache: `generate(model, idx, ...)` yields token columns.
 
-The prompt is prefilled once, then each step feeds one token. GPT-2 has learned absolute
-positions, so a full cache cannot be shifted: when it fills up, the context slides by re-prefilling
+The prompt is prefilled once, then each step feeds one token. A full cache cannot be shifted
+exactly (see `_advance`): when it fills up, the context slides by re-prefilling
 the last `block_size // 2` tokens (one re-prefill per block_size // 2 new tokens keeps the cost
 per token within ~2x of a pure cached step). Call `model.eval()` first; the model is not changed.
 """
@@ -71,11 +71,15 @@ def generate(
     repetition_penalty: float = 1.0,
     eot_id: int | None = None,
     generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), up to `max_new_tokens` times.
 
-    With `eot_id`, rows that emitted it keep yielding `eot_id` and generation ends once every
-    row has; otherwise stopping is the caller's choice (break out of the loop).
+    Prompts of different lengths go in left-padded, with `attention_mask` (B, T) 1 = real
+    token: each row then decodes as it would alone (its own positions, padding never attended;
+    past the context all rows slide together, when the longest one fills it). With `eot_id`,
+    rows that emitted it keep yielding `eot_id` and generation ends once every row has;
+    otherwise stopping is the caller's choice (break out of the loop).
     """
     assert idx.dim() == 2 and idx.shape[1] >= 1, "idx must be (B, T) with at least one token"
     B, T0 = idx.shape
@@ -83,11 +87,16 @@ def generate(
     # Every token so far: the sliding window and the repetition penalty read from it.
     seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
     seq[:, :T0] = idx
-    cache = model.new_cache(B)
-    logits = _forward(model, cache, seq[:, max(0, T0 - model.config.block_size) : T0])
+    keep = torch.ones_like(seq, dtype=torch.bool)  # False where a row is left padding
+    if attention_mask is not None:
+        keep[:, :T0] = attention_mask.bool()
+    cache = model.new_cache(B, max_len=T0 + max_new_tokens)
+    start = max(0, T0 - model.config.block_size)
+    logits = _forward(model, cache, seq[:, start:T0], keep[:, start:T0])
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for n in range(T0, T0 + max_new_tokens):
-        seen = seq[:, :n]
+        # padding is not "seen" text: stand the row's newest token in for it (a repeat is harmless)
+        seen = torch.where(keep[:, :n], seq[:, :n], seq[:, n - 1 : n])
         tok = sample_next(logits, repetition_penalty=repetition_penalty, seen=seen, **filters)
         if eot_id is not None:
             tok = tok.masked_fill(finished, eot_id)
@@ -96,23 +105,28 @@ def generate(
         yield tok
         if n + 1 == T0 + max_new_tokens or (eot_id is not None and bool(finished.all())):
             return
-        logits = _advance(model, cache, seq[:, : n + 1])
+        logits = _advance(model, cache, seq[:, : n + 1], keep[:, : n + 1])
 
 
-def _advance(model: GPT, cache, seq: torch.Tensor) -> torch.Tensor:
+def _advance(model: GPT, cache, seq: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Feed the newest token of `seq`; when the cache is full, slide the window instead."""
     block = model.config.block_size
     if cache.pos < block:
         return _forward(model, cache, seq[:, -1:])
-    # Learned absolute positions cannot shift, so a full cache is rebuilt from the newest tokens.
+    # A full cache is rebuilt from the newest tokens. Learned positions cannot shift at all;
+    # RoPE keys could (scores depend on relative positions only), but the cached keys of every
+    # layer above the first were computed while the dropped tokens were still in context, so a
+    # shifted cache is not what the model computes on the window: every family re-prefills.
     # Half a block, not a full one: one re-prefill then buys block/2 cheap steps, and the model
     # still sees at least block/2 tokens of context.
     cache.reset()
-    return _forward(model, cache, seq[:, -max(1, block // 2) :])
+    window = max(1, block // 2)
+    return _forward(model, cache, seq[:, -window:], keep[:, -window:])
 
 
-def _forward(model: GPT, cache, idx: torch.Tensor) -> torch.Tensor:
+def _forward(model: GPT, cache, idx: torch.Tensor, keep=None) -> torch.Tensor:
     """Append `idx` (B, T) to the cache -> logits (B, V) of its last position."""
-    h = model.transformer(idx, cache=cache)
+    mask = None if keep is None or bool(keep.all()) else keep.long()
+    h = model.transformer(idx, attention_mask=mask, cache=cache)
     # Only the last position is sampled from: skip the (T, vocab) projection of the others.
     return model.head(h[:, -1:], wte=model.transformer.wte.weight)[:, -1]

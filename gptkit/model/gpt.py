@@ -1,9 +1,10 @@
-"""GPT-2, exactly: attention with a KV cache, MLP, block, backbone and the LM head.
+"""The GPT: attention with a KV cache, MLP, block, backbone and the LM head, for every family.
 
-`GPT(config)` is a language model: a backbone (`transformer`: wte, wpe, h, ln_f -> hidden states)
-plus a swappable head (`head`, default the LM projection tied to `wte`). Parameter names follow
-GPT-2 so Hugging Face weights map one to one. Torch only: no ranks, autocast or printing here.
-`GPTConfig` (model/config.py, torch-free) is re-exported here.
+`GPT(config)` is a language model: a backbone (`transformer`: wte, [wpe], h, ln_f -> hidden
+states) plus a swappable head (`head`, default the LM projection, tied to `wte` or not). GPT-2,
+Llama and nanochat-style models are configurations of these modules, not subclasses: the blocks
+read `config.pos_emb`, `norm`, `mlp`, `n_kv_head`, `qk_norm`, ... Parameter names follow GPT-2
+so its weights map one to one. Torch only: no ranks, autocast or printing here.
 """
 
 from __future__ import annotations
@@ -14,97 +15,80 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptkit.model.attention import (  # noqa: F401 - KVCache is part of this module's API
+    CausalSelfAttention,
+    KVCache,
+    cached_padding,
+    padding_mask,
+    rope_cos_sin,
+    segment_mask,
+)
+
 # GPTConfig lives in a torch-free module; it stays importable from here too.
 from gptkit.model.config import GPTConfig
 
 
-class KVCache:
-    """Per-layer key/value buffers of shape (B, nh, max_len, hs), filled from position `pos`."""
-
-    def __init__(self, config: GPTConfig, batch_size: int, *, device=None, dtype=None):
-        hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, config.block_size, hs)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.pos = 0  # number of positions already stored
-
-    def reset(self):
-        self.pos = 0
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
-
-    def forward(self, x, *, mask=None, cache: KVCache | None = None, layer: int = 0):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        is_causal = mask is None
-        if cache is not None:
-            start = cache.pos
-            cache.k[layer][:B, :, start : start + T] = k
-            cache.v[layer][:B, :, start : start + T] = v
-            k, v = cache.k[layer][:B, :, : start + T], cache.v[layer][:B, :, : start + T]
-            if start > 0 and mask is None:
-                # SDPA's is_causal aligns top-left when q_len != k_len: build the bottom-right mask.
-                # One new token may see every cached key: no mask (~2x faster SDPA when decoding).
-                is_causal = False
-                if T > 1:
-                    q_pos = torch.arange(start, start + T, device=x.device)[:, None]
-                    mask = q_pos >= torch.arange(start + T, device=x.device)[None, :]
-        dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+def norm_layer(config: GPTConfig, dim: int) -> nn.Module:
+    """LayerNorm or RMSNorm of `dim` features, with a learned gain unless `norm_gain` is off."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_gain)
+    gain = config.norm_gain
+    return nn.LayerNorm(
+        dim, eps=config.norm_eps, elementwise_affine=gain, bias=gain and config.bias
+    )
 
 
 class MLP(nn.Module):
+    """GELU (GPT-2), SwiGLU (Llama: silu(gate) * up) or ReLU squared (modded-nanogpt)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        if self.kind == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        if self.kind == "swiglu":
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        elif self.kind == "relu2":
+            h = F.relu(self.c_fc(x)).square()
+        else:
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_1 = norm_layer(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_2 = norm_layer(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, *, mask=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), mask=mask, cache=cache, layer=layer)
+    def forward(self, x, *, mask=None, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), mask=mask, rope=rope, cache=cache, layer=layer)
         return x + self.mlp(self.ln_2(x))
 
 
 class Backbone(nn.Module):
-    """Token + position embeddings, `n_layer` blocks, final LayerNorm -> hidden states."""
+    """Token (+ learned position) embeddings, `n_layer` blocks, final norm -> hidden states."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos_emb == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_f = norm_layer(config, config.n_embd)
 
-    def forward(self, idx, *, attention_mask=None, cache: KVCache | None = None):
-        """idx (B, T) token ids; attention_mask (B, T) 1 = real token, 0 = padding -> (B, T, C)."""
+    def forward(self, idx, *, attention_mask=None, segments=None, cache: KVCache | None = None):
+        """idx (B, T) token ids -> hidden states (B, T, C). attention_mask (B, T): 1 = real
+        token, 0 = padding; segments (B, T): document number of each token in a packed row."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -112,48 +96,61 @@ class Backbone(nn.Module):
                 f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
             )
         mask = None
-        if attention_mask is not None:
+        if segments is not None:
+            assert cache is None and attention_mask is None, "segments are for packed training rows"
+            pos, mask = segment_mask(segments)
+        elif cache is not None and (cache.padded or attention_mask is not None):
+            pos, mask = cached_padding(cache, attention_mask, B, T)
+        elif attention_mask is not None:
             # Positions count real tokens only, so left padding sees the same positions as right.
             pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            mask = _padding_mask(attention_mask)
+            mask = padding_mask(attention_mask)
         else:
             pos = torch.arange(start, start + T, device=idx.device)[None, :]
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx)
+        rope = None
+        if self.config.pos_emb == "learned":
+            x = x + self.wpe(pos)
+        else:
+            rope = rope_cos_sin(pos, self.config, x.dtype)
+        x = self.drop(x)
         for i, block in enumerate(self.h):
-            x = block(x, mask=mask, cache=cache, layer=i)
+            x = block(x, mask=mask, rope=rope, cache=cache, layer=i)
         if cache is not None:
             cache.pos += T
         return self.ln_f(x)
 
 
-def _padding_mask(attention_mask):
-    """(B, T) keep-mask -> (B, 1, T, T) causal mask that also hides padding keys."""
-    T = attention_mask.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
-    keep = causal[None] & attention_mask.bool()[:, None, :]
-    # Every query may see itself, so a row of pure padding never becomes all -inf (NaN).
-    keep |= torch.eye(T, dtype=torch.bool, device=attention_mask.device)[None]
-    return keep[:, None]
+def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Zero rows appended to a (vocab, C) matrix up to `rows` (the padded vocabulary)."""
+    if t.shape[0] >= rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], t.shape[1])])
 
 
 class LMHead(nn.Module):
-    """Projection to the vocabulary; tied to `wte` unless `tied=False`. Crops vocab padding."""
+    """Projection to the vocabulary; tied to `wte` unless `tied=False` (default: the config's
+    `tie_embeddings`). Crops vocab padding; soft-caps logits when `logit_softcap` > 0."""
 
-    def __init__(self, config: GPTConfig, *, tied: bool = True):
+    def __init__(self, config: GPTConfig, *, tied: bool | None = None):
         super().__init__()
         self.vocab_size = config.vocab_size
-        self.tied = tied
-        if not tied:
+        self.tied = config.tie_embeddings if tied is None else tied
+        self.softcap = config.logit_softcap
+        if not self.tied:
             self.weight = nn.Parameter(torch.empty(config.padded_vocab_size, config.n_embd))
             nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
     def forward(self, h, *, wte=None, attention_mask=None):
         weight = wte if self.tied else self.weight
-        return F.linear(h, weight)[..., : self.vocab_size]
+        logits = F.linear(h, weight)[..., : self.vocab_size]
+        if self.softcap:  # smooth clamp to (-cap, cap): keeps early training from spiking
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
 
 
 class GPT(nn.Module):
-    """A GPT-2 backbone and one head. `GPT(config)(idx)` -> logits (B, T, vocab_size)."""
+    """A backbone and one head. `GPT(config)(idx)` -> logits (B, T, vocab_size)."""
 
     def __init__(self, config: GPTConfig, head: nn.Module | None = None):
         super().__init__()
@@ -164,8 +161,9 @@ class GPT(nn.Module):
 
     def init_weights(self):
         """GPT-2 init, in one place:
-        - Linear and Embedding weights ~ N(0, 0.02); biases zero; LayerNorm weight 1, bias 0;
-        - residual projections (`attn.c_proj`, `mlp.c_proj`) ~ N(0, 0.02 / sqrt(2 * n_layer)).
+        - Linear and Embedding weights ~ N(0, 0.02); biases zero; norm gains 1, norm biases 0;
+        - residual projections (`attn.c_proj`, `mlp.c_proj`) ~ N(0, 0.02 / sqrt(2 * n_layer)),
+          or zero with `zero_init_proj` (every block then starts as the identity, nanochat).
         The head initialises its own parameters when it is built.
         """
         for m in self.transformer.modules():
@@ -173,25 +171,28 @@ class GPT(nn.Module):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02)
             if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
-            if isinstance(m, nn.LayerNorm):
+            if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
                 nn.init.ones_(m.weight)
+        std = 0.0 if self.config.zero_init_proj else 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.transformer.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, idx, *, attention_mask=None, cache: KVCache | None = None):
-        h = self.transformer(idx, attention_mask=attention_mask, cache=cache)
+    def forward(self, idx, *, attention_mask=None, segments=None, cache: KVCache | None = None):
+        h = self.transformer(idx, attention_mask=attention_mask, segments=segments, cache=cache)
         return self.head(h, wte=self.transformer.wte.weight, attention_mask=attention_mask)
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        """An empty KV cache on this model's device and dtype."""
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for up to `max_len` positions, on this model's device and dtype."""
         p = self.transformer.wte.weight
-        return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
+        return KVCache(self.config, batch_size, max_len=max_len, device=p.device, dtype=p.dtype)
 
     def num_params(self, *, non_embedding: bool = True) -> int:
         """Parameter count; by default without position embeddings (as GPT-2 papers count)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and hasattr(self.transformer, "wpe"):
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N + 12 * L * C * T (PaLM appendix B)."""

@@ -72,7 +72,7 @@ class TokenHead(nn.Module):
 
 
 def _lm(spec: dict, config: GPTConfig) -> nn.Module:
-    return LMHead(config, tied=spec.get("tied", True))
+    return LMHead(config, tied=spec.get("tied"))  # null: the config's tie_embeddings
 
 
 def _classification(spec: dict, config: GPTConfig) -> nn.Module:

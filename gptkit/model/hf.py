@@ -1,18 +1,16 @@
-"""Hugging Face GPT-2 <-> gptkit: load a GPT2LMHeadModel/GPT2Model dir, save one back.
+"""Hugging Face model dirs <-> gptkit: GPT-2, Llama, Qwen2 and Qwen3 (local dirs; hub when online).
 
-`load_hf("path/to/dir")` or `load_hf("hf:gpt2")` (hub download only when online) -> `GPT`;
-`save_hf(model, "out/")` writes config.json + model.safetensors that
-`transformers.GPT2LMHeadModel.from_pretrained` reads. HF's Conv1D stores weights as [in, out]:
-the four matrices of every block are transposed on the way in and out.
+`load_hf("path/to/dir")` or `load_hf("hf:NAME")` -> `GPT`; `save_hf(model, "out/")` writes
+config.json + model.safetensors that transformers' `AutoModelForCausalLM` reads. This module
+reads and writes folders; the per-architecture config and key maps are hf_gpt2.py and
+hf_llama.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,13 +18,13 @@ from pathlib import Path
 import torch
 
 from gptkit.errors import GptkitError
-from gptkit.model.gpt import GPT, Backbone, GPTConfig, LMHead
+from gptkit.model import hf_gpt2, hf_llama
+from gptkit.model.gpt import GPT, GPTConfig, LMHead
 
-# The four Conv1D matrices per block; everything else has the same layout as nn.Linear/LayerNorm.
-_CONV1D = re.compile(r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
-# Causal-mask buffers of transformers 4.x; a bare endswith("attn.bias") would also hit c_attn.bias.
-_BUFFERS = re.compile(r"\.attn\.(masked_)?bias$")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+ARCHITECTURES = {t: hf_gpt2 for t in hf_gpt2.MODEL_TYPES} | {
+    t: hf_llama for t in hf_llama.MODEL_TYPES
+}
 
 
 def is_hf_dir(path) -> bool:
@@ -48,7 +46,10 @@ def _is_gptkit_export(config: Path) -> bool:
 
 
 def load_hf(path_or_name: str | os.PathLike) -> GPT:
-    """A GPT-2 from a local HF dir or a hub name `hf:NAME` -> our `GPT` (fp32, CPU, eval mode)."""
+    """A model from a local HF dir or a hub name `hf:NAME` -> our `GPT` (fp32, CPU, eval mode).
+
+    Weights stored in bf16/fp16 (`torch_dtype`) are upcast to fp32; `sample --dtype` or the
+    training dtype casts them again as configured."""
     path = str(path_or_name)
     folder = _download(path[3:]) if path.startswith("hf:") else Path(path)
     if not is_hf_dir(folder):
@@ -56,73 +57,31 @@ def load_hf(path_or_name: str | os.PathLike) -> GPT:
             f"{folder} is not a Hugging Face model dir (needs config.json and model.safetensors "
             "or pytorch_model.bin); pass a folder written by save_pretrained"
         )
-    config = config_from_hf(_read_json(folder / "config.json"), where=str(folder))
-    state = _read_weights(folder)
+    raw = _read_json(folder / "config.json")
+    arch = _architecture(raw, where=str(folder / "config.json"))
+    config = arch.config_from_hf(raw, where=str(folder / "config.json"))
+    state = arch.to_gptkit(_read_weights(folder), config, where=str(folder))
+    _check_keys(state, config, str(folder))
     with torch.device("meta"):
         model = GPT(config)  # no random init: every tensor is assigned from the file
-    model.load_state_dict(_to_gptkit(state, config, where=str(folder)), strict=True, assign=True)
+    state = {k: v.float() for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     return model.float().eval()
 
 
 def config_from_hf(hf: dict, *, where: str = "config.json") -> GPTConfig:
-    """Check an HF config describes plain GPT-2 and translate it to a GPTConfig."""
-    if hf.get("model_type") != "gpt2":
-        raise GptkitError(
-            f"{where} holds a {hf.get('model_type')!r} model; only GPT-2 (model_type 'gpt2') "
-            "converts to gptkit"
-        )
-    n_embd, n_pos = hf.get("n_embd", 768), hf.get("n_positions", 1024)
-    checks = [
-        ("activation_function", hf.get("activation_function", "gelu_new"),
-         ("gelu_new", "gelu_pytorch_tanh")),
-        ("layer_norm_epsilon", hf.get("layer_norm_epsilon", 1e-5), (1e-5,)),
-        ("n_inner", hf.get("n_inner"), (None, 4 * n_embd)),
-        ("n_ctx", hf.get("n_ctx", n_pos), (n_pos,)),
-        ("tie_word_embeddings", hf.get("tie_word_embeddings", True), (True,)),
-        ("scale_attn_weights", hf.get("scale_attn_weights", True), (True,)),
-        ("scale_attn_by_inverse_layer_idx", hf.get("scale_attn_by_inverse_layer_idx", False),
-         (False,)),
-        ("add_cross_attention", hf.get("add_cross_attention", False), (False,)),
-    ]  # fmt: skip
-    for key, value, allowed in checks:
-        if value not in allowed:
-            raise GptkitError(
-                f"{where}: {key}={value!r} is not plain GPT-2 (gptkit supports "
-                f"{' or '.join(map(repr, allowed))}); convert the model another way"
-            )
-    try:
-        return GPTConfig(
-            n_layer=hf.get("n_layer", 12),
-            n_head=hf.get("n_head", 12),
-            n_embd=n_embd,
-            block_size=n_pos,
-            vocab_size=hf.get("vocab_size", 50257),
-            dropout=0.0,  # inference default; fine-tuning sets its own
-            bias=True,
-        )
-    except ValueError as e:
-        raise GptkitError(
-            f"{where}: invalid GPT-2 shape ({'; '.join(str(e).splitlines())})"
-        ) from None
+    """Translate an HF config.json (any supported architecture) to a GPTConfig."""
+    return _architecture(hf, where=where).config_from_hf(hf, where=where)
 
 
-def _to_gptkit(state: dict, config: GPTConfig, *, where: str) -> dict:
-    """HF GPT-2 state dict -> ours: strip `transformer.`, transpose Conv1D, pad wte rows."""
-    prefixed = any(k.startswith("transformer.") for k in state)  # a model with a head
-    out = {}
-    for key, t in state.items():
-        if prefixed and not key.startswith("transformer."):
-            continue  # lm_head is tied to wte; other heads (score, ...) are not the backbone
-        key = key.removeprefix("transformer.")
-        if _BUFFERS.search(key):
-            continue  # 4.x causal-mask buffers: SDPA masks for us
-        if _CONV1D.match(key):
-            t = t.t()
-        if key == "wte.weight":
-            t = _pad_rows(t, config.padded_vocab_size)
-        out[f"transformer.{key}"] = t.contiguous()
-    _check_keys(out, config, where)
-    return out
+def _architecture(hf: dict, *, where: str):
+    kind = hf.get("model_type")
+    if kind not in ARCHITECTURES:
+        raise GptkitError(
+            f"{where} holds a {kind!r} model; gptkit converts {', '.join(ARCHITECTURES)} "
+            "(model_type in config.json)"
+        )
+    return ARCHITECTURES[kind]
 
 
 def _check_keys(out: dict, config: GPTConfig, where: str):
@@ -132,19 +91,15 @@ def _check_keys(out: dict, config: GPTConfig, where: str):
     extra = sorted(set(out) - set(want))
     if missing or extra:
         what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise GptkitError(f"weights in {where} do not match GPT-2 ({what}); is the file complete?")
+        raise GptkitError(
+            f"weights in {where} do not match its config.json ({what}); is the file complete?"
+        )
     for k, t in out.items():
         if t.shape != want[k].shape:
             raise GptkitError(
                 f"weights in {where}: {k} has shape {tuple(t.shape)}, config.json implies "
                 f"{tuple(want[k].shape)}; config.json and the weights disagree"
             )
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    if t.shape[0] >= rows:
-        return t
-    return torch.cat([t, t.new_zeros(rows - t.shape[0], t.shape[1])])
 
 
 def _read_json(path: Path) -> dict:
@@ -186,7 +141,7 @@ def _read_weights(folder: Path) -> dict:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise GptkitError(f"cannot read weights {path} ({first}); is the file complete?") from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise GptkitError(f"{path} is not a state dict of tensors; is it a GPT-2 weights file?")
+        raise GptkitError(f"{path} is not a state dict of tensors; is it a model weights file?")
     return state
 
 
@@ -207,14 +162,30 @@ def _download(name: str) -> Path:
     return Path(folder)
 
 
+def exporter(model: GPT):
+    """The architecture module that writes `model`: GPT-2 if it is one, else Llama/Qwen."""
+    if not isinstance(model.head, LMHead):
+        raise GptkitError("save_hf writes language models; this model has a task head")
+    c = model.config
+    if hf_gpt2.unmapped(c) is None:
+        return hf_gpt2
+    bad = hf_llama.unmapped(c)
+    if bad is None:
+        return hf_llama
+    raise GptkitError(
+        f"model.{bad} has no Hugging Face equivalent (GPT-2: {hf_gpt2.unmapped(c)}); export "
+        "with --format safetensors, which keeps every gptkit option"
+    )
+
+
 def save_hf(model: GPT, out_dir: str | os.PathLike, *, eot_id: int | None = None):
-    """Write `model` as a HF GPT-2 dir (config.json + model.safetensors), atomically."""
+    """Write `model` as an HF dir (config.json + model.safetensors), atomically: GPT-2 when it
+    has GPT-2's layout, else Llama / Qwen2 / Qwen3; anything else is refused with the key."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    if isinstance(model.head, LMHead) and not model.head.tied:
-        raise GptkitError("save_hf: the LM head is not tied to wte, which HF GPT-2 requires")
+    arch = exporter(model)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptkitError(f"{out} already exists and is not empty; choose a new output folder")
     try:
@@ -223,8 +194,8 @@ def save_hf(model: GPT, out_dir: str | os.PathLike, *, eot_id: int | None = None
     except OSError as e:
         raise GptkitError(f"cannot create a folder beside {out} ({e.strerror})") from None
     try:
-        save_file(_to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(_hf_config(model, eot_id), indent=2) + "\n")
+        save_file(arch.to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(arch.hf_config(model, eot_id), indent=2) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
@@ -236,47 +207,3 @@ def save_hf(model: GPT, out_dir: str | os.PathLike, *, eot_id: int | None = None
                 f"could not write {out} ({reason}); free disk space or fix permissions"
             ) from None
         raise
-
-
-def _to_hf(model: GPT) -> dict:
-    """Our backbone -> HF keys: Conv1D layout, vocab padding cropped, zero biases if bias=False."""
-    out = {}
-    for key, t in model.transformer.state_dict().items():
-        t = t.detach().cpu()
-        if _CONV1D.match(key):
-            t = t.t()
-        if key == "wte.weight":
-            t = t[: model.config.vocab_size]
-        out[f"transformer.{key}"] = t.contiguous().clone()
-    with torch.device("meta"):  # HF GPT-2 always has biases; zeros compute the same function
-        full = Backbone(dataclasses.replace(model.config, bias=True)).state_dict()
-    dtype = model.transformer.wte.weight.dtype
-    for key, t in full.items():
-        out.setdefault(f"transformer.{key}", torch.zeros(t.shape, dtype=dtype))
-    return out
-
-
-def _hf_config(model: GPT, eot_id: int | None) -> dict:
-    c = model.config
-    if eot_id is None and c.vocab_size == 50257:
-        eot_id = 50256  # the GPT-2 tokenizer's <|endoftext|>
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": c.vocab_size,
-        "n_positions": c.block_size,
-        "n_ctx": c.block_size,
-        "n_embd": c.n_embd,
-        "n_layer": c.n_layer,
-        "n_head": c.n_head,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5,
-        "resid_pdrop": c.dropout,
-        "embd_pdrop": c.dropout,
-        "attn_pdrop": c.dropout,
-        "tie_word_embeddings": True,
-        "bos_token_id": eot_id,
-        "eos_token_id": eot_id,
-        "dtype": str(model.transformer.wte.weight.dtype).removeprefix("torch."),
-    }

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from gptkit import __version__
 from gptkit.artifacts import find_checkpoint, latest_checkpoint, read_meta, step_number
 from gptkit.errors import GptkitError
+from gptkit.model.config import GPTConfig
 
 FORMAT_VERSION = 1
 
@@ -184,10 +185,18 @@ def resume_checkpoint(cfg, run_dir: Path, tokenizer: dict) -> Path | None:
             f" but {cfg.data.dir} uses {tokenizer.get('name')}; point data.dir at matching data "
             "or start a new run (train.resume=never, new train.out_dir)"
         )
-    saved = meta["config"].get("model") if isinstance(meta["config"], dict) else None
-    if saved != dataclasses.asdict(cfg.model):
+    if _saved_model(meta) != dataclasses.asdict(cfg.model):
         raise GptkitError(
             f"model config differs from checkpoint {ckpt}; resume with the same model section "
             "or start a new run in another train.out_dir"
         )
     return ckpt
+
+
+def _saved_model(meta: dict) -> dict | None:
+    """A checkpoint's model section with today's defaults filled in (older runs lack new keys)."""
+    saved = meta["config"].get("model") if isinstance(meta["config"], dict) else None
+    try:
+        return dataclasses.asdict(GPTConfig(**saved))
+    except (TypeError, ValueError):
+        return saved
