@@ -17,9 +17,11 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +29,7 @@ import numpy as np
 
 from gptkit.data.shards import META_FORMAT_VERSION, META_NAME, read_meta, shard_dtype
 from gptkit.data.sources import describe_source, iter_documents, read_text
-from gptkit.data.split import Splitter, val_mask
+from gptkit.data.split import Splitter, train_documents, val_mask
 from gptkit.data.tokenizer import char_tokenizer, get_tokenizer
 from gptkit.errors import GptkitError
 
@@ -46,7 +48,7 @@ def build_shards(cfg: PrepareConfig, *, force: bool = False, progress: bool = Tr
     out = Path(cfg.out_dir)
     _check_out_dir(out, force)
     source = describe_source(cfg)
-    tokenizer = tokenizer_for(cfg)
+    tokenizer = tokenizer_for(cfg, progress=progress)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     _remove_stale(out)
     shutil.rmtree(tmp, ignore_errors=True)  # only a crashed run with our pid leaves one
@@ -88,11 +90,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def tokenizer_for(cfg: PrepareConfig):
-    """The tokenizer prepare.tokenizer names; `char` reads the corpus once for its alphabet."""
+def tokenizer_for(cfg: PrepareConfig, *, progress: bool = False):
+    """The tokenizer prepare.tokenizer names; `char` reads the corpus once for its alphabet,
+    `bpe:N` once to train on its train split."""
     if cfg.tokenizer == "char":
         return char_tokenizer(iter_documents(cfg))
+    if cfg.tokenizer.startswith("bpe:"):
+        # Trained in a child process: the tokenizers library's thread pool must not start in
+        # this one, which forks the tokenizing workers next (a pool does not survive a fork:
+        # tokenizers would warn and run single-threaded in them).
+        with ProcessPoolExecutor(1, mp_context=mp.get_context()) as pool:
+            return get_tokenizer(pool.submit(_bpe_spec, cfg, progress).result())
     return get_tokenizer(cfg.tokenizer)
+
+
+def _bpe_spec(cfg: PrepareConfig, progress: bool) -> dict:
+    """The spec of a byte-level BPE of prepare.tokenizer=bpe:N ids, trained on the train split."""
+    from gptkit.data.hf_tokenizer import train_bpe
+
+    docs = train_documents(iter_documents(cfg), seed=cfg.seed, val_fraction=cfg.val_fraction)
+    progress = progress and sys.stderr.isatty()  # the trainer's own bar, on a terminal only
+    return train_bpe(docs, int(cfg.tokenizer[4:]), progress=progress).spec()
 
 
 def _check_out_dir(out: Path, force: bool):
@@ -166,6 +184,8 @@ def _write(cfg: PrepareConfig, tokenizer, source: dict, tmp: Path, progress: boo
             k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("workers", "out_dir")
         },
     }
+    if "json" in meta["tokenizer"]:  # a tokenizer.json kind: also as a file, for other tools
+        (tmp / "tokenizer.json").write_text(meta["tokenizer"]["json"], encoding="utf-8")
     with open(tmp / META_NAME, "w", encoding="utf-8") as f:
         f.write(json.dumps(meta, indent=2) + "\n")
         f.flush()
@@ -207,6 +227,7 @@ def _encode(tokenizer, docs: list[str | Path], dtype) -> tuple:
 
 def _init_worker(tokenizer, dtype):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the pool, quietly
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # tokenizer.json kinds: the pool is parallel
     _worker.update(tokenizer=tokenizer, dtype=dtype)
 
 

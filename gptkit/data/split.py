@@ -1,11 +1,14 @@
 """The train/val split of `gptkit prepare`: whole documents, routed by a seeded hash.
 
 `val_mask` decides per document index (the same whatever the chunking or worker count);
-`Splitter` feeds the train and val `ShardWriter`s and counts documents, tokens and text bytes.
+`Splitter` feeds the train and val `ShardWriter`s and counts documents, tokens and text bytes;
+`train_documents` streams the same train documents without tokenizing (for bpe:N training).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,26 @@ def val_mask(start: int, n: int, *, seed: int, val_fraction: float) -> np.ndarra
     if start == 0 and n:
         is_val[0] = False  # train always gets the first document
     return is_val
+
+
+def train_documents(docs: Iterable[str], *, seed: int, val_fraction: float) -> Iterator[str]:
+    """The documents `Splitter` sends to train, streamed (what bpe:N trains a tokenizer on)."""
+    docs, held, val_seen, n = iter(docs), None, val_fraction == 0, 0
+    while chunk := list(islice(docs, 1024)):
+        is_val = val_mask(n, len(chunk), seed=seed, val_fraction=val_fraction).tolist()
+        for doc, to_val in zip(chunk, is_val, strict=True):
+            n += 1
+            if held is not None:
+                yield held  # a held-back document that is not the last one is train
+                held = None
+            if to_val:
+                val_seen = True
+            elif val_seen:
+                yield doc
+            else:
+                held = doc  # as in Splitter: the newest train document while val is empty
+    if held is not None and n < 2:
+        yield held  # Splitter.close(): the held document goes to val unless it is the only one
 
 
 class Splitter:

