@@ -14,7 +14,8 @@ import torch
 
 from gptkit import artifacts
 from gptkit.config import Config, dump_yaml, to_dict
-from gptkit.data.prepare import read_meta
+from gptkit.data.shards import META_NAME, read_meta
+from gptkit.data.tokenizer import get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPT
 from gptkit.train import adapt, checkpoint, runtime
@@ -33,7 +34,7 @@ def pretrain(cfg: Config) -> dict:
 
 
 def _pretrain(cfg: Config, rt) -> dict:
-    data_meta = read_meta(cfg.data.dir)
+    data_meta = read_data_meta(cfg)
     source = None
     if cfg.train.init_from:
         source, cfg = adapt.load_pretrain_source(cfg, data_meta["tokenizer"])
@@ -63,6 +64,10 @@ def _pretrain(cfg: Config, rt) -> dict:
                 "train.out_dir (a folder, not a file) with free space"
             ) from None
         _announce(cfg, rt, model, max_steps, ckpt)
+        if not (Path(cfg.data.dir) / META_NAME).is_file():  # a meta made from the files
+            runtime.print0(
+                f"data: {data_meta['source']}, tokenizer {data_meta['tokenizer']['name']}"
+            )
     meta = {"config": to_dict(cfg), "tokenizer": data_meta["tokenizer"], "head": {"name": "lm"}}
     last = fit(wrapped, optimizer, task, cfg=cfg.train, rt=rt, run_dir=run_dir, meta=meta,
                max_steps=max_steps, resume_from=ckpt, wandb_cfg=cfg.logging.wandb)  # fmt: skip
@@ -81,6 +86,27 @@ def _summary(run_dir: Path):
         runtime.print0(f"val loss {v0:.4f} (step {s0}) -> {v1:.4f} (step {s1}); latest: {ckpt}")
     else:
         runtime.print0(f"done; latest checkpoint: {ckpt}")
+
+
+def read_data_meta(cfg: Config) -> dict:
+    """data.dir's meta.json, or a meta made from the llm.c / nanoGPT files of a folder with none
+    (tokenizer: data.tokenizer, default gpt2 for llm.c shards)."""
+    name, data = cfg.data.tokenizer, Path(cfg.data.dir)
+    if (data / META_NAME).is_file():
+        meta = read_meta(data)
+        theirs = meta["tokenizer"].get("name")
+        if name is not None and name != theirs:
+            raise GptkitError(
+                f"data.tokenizer={name} but {data / META_NAME} says the data was tokenized with "
+                f"{theirs}; remove data.tokenizer (meta.json names it) or prepare the data with "
+                f"prepare.tokenizer={name}"
+            )
+        return meta
+    try:
+        spec = None if name is None else get_tokenizer(name).spec()
+    except GptkitError as e:
+        raise GptkitError(f"data.tokenizer={name}: {e}") from None
+    return read_meta(data, tokenizer=spec)
 
 
 def check_data(cfg: Config, data_meta: dict):

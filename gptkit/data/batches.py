@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptkit.data.packing import DocumentIndex, pack_rows
 from gptkit.data.shards import read_shard, split_files
 from gptkit.errors import GptkitError
 
@@ -42,6 +43,8 @@ class ShardBatches:
         sampling: str = "random",
         device: str | torch.device = "cpu",
         vocab_size: int | None = None,
+        packing: str = "none",
+        eot_id: int | None = None,
     ):
         assert sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}, got {sampling!r}"
         assert 0 <= rank < world_size, f"rank {rank} outside world_size {world_size}"
@@ -52,6 +55,7 @@ class ShardBatches:
         self.device = torch.device(device)
         self.vocab_size = vocab_size  # ids at or above it mean a corrupt shard (checked per batch)
         self._shards = [read_shard(f) for f in split_files(data_dir, split)]
+        self._init_packing(packing, eot_id)
         lengths = np.array([len(s) for s in self._shards], dtype=np.int64)
         self.num_tokens = int(lengths.sum())
         # windows each shard offers: any start (random) or every block_size-th start (sequential)
@@ -76,6 +80,14 @@ class ShardBatches:
         self.global_batch = batch_size * grad_accum * world_size  # windows per optimizer step
         self._micro = 0  # micro-steps taken by this rank (each next_batch call is one)
 
+    def _init_packing(self, packing: str, eot_id: int | None):
+        """packing "bos": random rows built from whole documents (data/packing.py)."""
+        self.packing = packing if self.sampling == "random" else "none"
+        if self.packing == "bos":
+            assert eot_id is not None, "packing needs the end-of-text id that separates documents"
+            self._docs = DocumentIndex(self._shards, eot_id)
+        self._packed: tuple[int, np.ndarray] | None = None  # (step, its global rows)
+
     @property
     def step(self) -> int:
         """Optimizer step of the next batch."""
@@ -91,19 +103,14 @@ class ShardBatches:
         step, micro = divmod(self._micro, self.grad_accum)
         self._micro += 1
         part = self.rank * self.grad_accum + micro  # this rank's slice of the global batch
-        windows = self._global_windows(step)[part * self.batch_size : (part + 1) * self.batch_size]
-        T = self.block_size
-        buf = np.empty((self.batch_size, T + 1), dtype=np.int64)
-        for row, w in enumerate(windows.tolist()):
-            shard = int(np.searchsorted(self._ends, w, side="right"))
-            local = w - (int(self._ends[shard - 1]) if shard else 0)
-            start = local if self.sampling == "random" else local * T
-            buf[row] = self._shards[shard][start : start + T + 1]
+        rows = slice(part * self.batch_size, (part + 1) * self.batch_size)
+        buf = self._packed_rows(step)[rows] if self.packing == "bos" else self._windows(step, rows)
         if self.vocab_size is not None and buf.size and int(buf.max()) >= self.vocab_size:
             raise GptkitError(
                 f"the {self.split} shards of {self.data_dir} hold token id {int(buf.max())}, "
-                f"outside the vocabulary of {self.vocab_size}: a shard is corrupt; run "
-                "'gptkit prepare --force' again"
+                f"outside the vocabulary of {self.vocab_size}: a shard is corrupt, or (in a "
+                "folder without meta.json) data.tokenizer is not the one that wrote them; run "
+                "'gptkit prepare --force' again or set data.tokenizer"
             )
         x = torch.from_numpy(np.ascontiguousarray(buf[:, :-1]))  # (B, T)
         y = torch.from_numpy(np.ascontiguousarray(buf[:, 1:]))  # (B, T)
@@ -113,6 +120,26 @@ class ShardBatches:
         elif self.device.type != "cpu":
             x, y = x.to(self.device), y.to(self.device)
         return x, y
+
+    def _windows(self, step: int, rows: slice) -> np.ndarray:
+        """Rows `rows` of step `step`'s global batch, cut from the shards as windows."""
+        T, windows = self.block_size, self._global_windows(step)[rows]
+        buf = np.empty((len(windows), T + 1), dtype=np.int64)
+        for row, w in enumerate(windows.tolist()):
+            shard = int(np.searchsorted(self._ends, w, side="right"))
+            local = w - (int(self._ends[shard - 1]) if shard else 0)
+            start = local if self.sampling == "random" else local * T
+            buf[row] = self._shards[shard][start : start + T + 1]
+        return buf
+
+    def _packed_rows(self, step: int) -> np.ndarray:
+        """Step `step`'s global batch as document-aligned rows (built once per step)."""
+        if self._packed is None or self._packed[0] != step:
+            rng = np.random.default_rng([self.seed % 2**64, step])
+            rows = pack_rows(self._docs, self._shards, rng=rng, rows=self.global_batch,
+                             width=self.block_size + 1)  # fmt: skip
+            self._packed = (step, rows)
+        return self._packed[1]
 
     def _global_windows(self, step: int) -> np.ndarray:
         """Window indices of the whole global batch of optimizer step `step`."""
@@ -126,12 +153,13 @@ class ShardBatches:
         """Position in plain Python types (safe for torch.load(weights_only=True))."""
         return {"step": self.step, "micro": self._micro % self.grad_accum, "seed": self.seed,
                 "sampling": self.sampling, "block_size": self.block_size,
-                "global_batch": self.global_batch, "grad_accum": self.grad_accum}  # fmt: skip
+                "global_batch": self.global_batch, "grad_accum": self.grad_accum,
+                "packing": self.packing}  # fmt: skip
 
     def load_state_dict(self, state: dict):
         """Continue from a `state_dict()`; the batch geometry must match the saved one."""
-        for key in ("sampling", "block_size", "global_batch"):
-            if state[key] != getattr(self, key):
+        for key in ("sampling", "block_size", "global_batch", "packing"):
+            if state.get(key, "none") != getattr(self, key):
                 raise GptkitError(
                     f"the saved data position was made with {key}={state[key]!r} but this run "
                     f"uses {getattr(self, key)!r}; resume with the same data/train settings "

@@ -3,7 +3,9 @@
 A shard is a header of 256 little-endian int32 (magic, version, token count, zeros) followed by
 the tokens: uint16 (magic 20240520, version 1) or uint32 (20240801, version 7), as llm.c and
 modded-nanogpt write them. Headerless nanoGPT `train.bin`/`val.bin` (uint16) are read too.
-`read_meta` validates the folder's meta.json (written by gptkit.data.prepare). Imports only errors.
+`read_meta` validates the folder's meta.json (written by gptkit.data.prepare), or makes one from
+the files of a folder that has none (llm.c / modded-nanogpt shards, nanoGPT bins). Imports only
+errors.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ MAGICS = {magic: (version, dtype) for dtype, (magic, version) in FORMATS.items()
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
 NANOGPT_NAMES = ("train.bin", "val.bin")
+# what llm.c / modded-nanogpt uint16 shards hold: GPT-2 ids (= gptkit's gpt2 tokenizer spec)
+GPT2_SPEC = {"kind": "tiktoken", "name": "gpt2", "vocab_size": 50257, "eot_id": 50256}
 
 
 def shard_dtype(vocab_size: int) -> np.dtype:
@@ -122,10 +126,9 @@ def read_shard(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise GptkitError(f"token shard {path} not found; run 'gptkit prepare' again")
     size = path.stat().st_size
-    head = np.fromfile(path, dtype="<i4", count=3) if size >= 12 else np.zeros(3, "<i4")
-    magic, version, count = (int(v) for v in head)
+    magic, version, count = _head(path)
     if magic not in MAGICS:
-        if path.name in NANOGPT_NAMES and size % 2 == 0 and size > 0:
+        if _headerless(path):
             return np.memmap(path, dtype=np.uint16, mode="r")  # headerless nanoGPT file
         raise GptkitError(
             f"{path} is not a token shard (magic {magic}, expected 20240520 or 20240801): it is "
@@ -148,15 +151,29 @@ def read_shard(path: str | Path) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
-def read_meta(data_dir: str | Path) -> dict:
-    """meta.json of a prepared-data folder, checked (format version, shard files present)."""
+def _head(path: Path) -> tuple[int, int, int]:
+    """(magic, version, token count) from a shard's header (zeros for a tiny file)."""
+    size = path.stat().st_size
+    head = np.fromfile(path, dtype="<i4", count=3) if size >= 12 else np.zeros(3, "<i4")
+    return tuple(int(v) for v in head)
+
+
+def _headerless(path: Path) -> bool:
+    """A nanoGPT train.bin/val.bin: raw uint16 ids, no llm.c magic."""
+    size = path.stat().st_size
+    return (
+        path.name in NANOGPT_NAMES and size % 2 == 0 and size > 0 and _head(path)[0] not in MAGICS
+    )
+
+
+def read_meta(data_dir: str | Path, tokenizer: dict | None = None) -> dict:
+    """meta.json of a prepared-data folder, checked (format version, shard files present); for a
+    folder without one, a meta made from its llm.c / nanoGPT files with `tokenizer` (a spec;
+    None = gpt2 for llm.c's uint16 shards)."""
     data_dir = Path(data_dir)
     path = data_dir / META_NAME
     if not path.is_file():
-        raise GptkitError(
-            f"no prepared data in {data_dir} (expected {META_NAME}); "
-            "run 'gptkit prepare -c CONFIG' first"
-        )
+        return _scan_meta(data_dir, tokenizer)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
@@ -212,8 +229,57 @@ def _meta_problem(meta: dict) -> str | None:
     return None
 
 
+def _scan_meta(data_dir: Path, tokenizer: dict | None) -> dict:
+    """The meta of a folder of llm.c / modded-nanogpt shards or nanoGPT bins (no meta.json)."""
+    splits, kinds = {}, set()
+    for split in ("train", "val"):
+        shards = []
+        for f in _find(data_dir, split):
+            n = len(read_shard(f))  # checks magic, version and size
+            kinds.add("nanoGPT" if _headerless(f) else f"llm.c v{_head(f)[1]}")
+            shards.append({"file": f.name, "tokens": n, "bytes": f.stat().st_size})
+        splits[split] = {"shards": shards, "tokens": sum(s["tokens"] for s in shards)}
+    if not splits["train"]["shards"]:
+        raise GptkitError(
+            f"no prepared data in {data_dir} (expected {META_NAME}, llm.c shards like "
+            "fineweb_train_000001.bin, or nanoGPT's train.bin); run 'gptkit prepare -c CONFIG' "
+            "first"
+        )
+    kind = " + ".join(sorted(kinds))
+    if tokenizer is None and kinds == {"llm.c v1"}:
+        tokenizer = dict(GPT2_SPEC)
+    elif tokenizer is None:
+        raise GptkitError(_unknown_tokenizer(data_dir, kind))
+    return {"format_version": META_FORMAT_VERSION, "tokenizer": tokenizer, "splits": splits,
+            "source": f"{kind} files in {data_dir} (no {META_NAME})"}  # fmt: skip
+
+
+def _unknown_tokenizer(data_dir: Path, kind: str) -> str:
+    """Why a folder without meta.json needs data.tokenizer, and how to set it."""
+    if "nanoGPT" not in kind:  # uint32 shards: llm.c writes them for LLaMA-3 ids
+        return (
+            f"{data_dir} holds uint32 {kind} shards and no {META_NAME}, so their tokenizer is "
+            "unknown; set data.tokenizer to the one that wrote them (e.g. cl100k_base)"
+        )
+    pkl, why = data_dir / "meta.pkl", ""
+    if pkl.is_file():
+        why = f", and {pkl} is a pickle, which gptkit never loads (unpickling can run code)"
+    return (
+        f"{data_dir} holds nanoGPT's headerless train.bin/val.bin, which do not name their "
+        f"tokenizer{why}; set data.tokenizer (gpt2 for nanoGPT's openwebtext and shakespeare "
+        "bins), or prepare the text again with 'gptkit prepare' (prepare.tokenizer=char "
+        "rebuilds a char vocabulary)"
+    )
+
+
+def _find(data_dir: Path, split: str) -> list[Path]:
+    """The folder's *{split}*.bin files in name order (llm.c shards, nanoGPT's {split}.bin)."""
+    found = sorted(glob.glob(os.path.join(glob.escape(str(data_dir)), f"*{split}*.bin")))
+    return [Path(f) for f in found]
+
+
 def split_files(data_dir: str | Path, split: str) -> list[Path]:
-    """Shard files of `split`: from meta.json, else llm.c names (*{split}_*.bin) or {split}.bin."""
+    """Shard files of `split`: from meta.json, else the folder's *{split}*.bin files."""
     data_dir = Path(data_dir)
     if (data_dir / META_NAME).is_file():
         return [data_dir / s["file"] for s in read_meta(data_dir)["splits"][split]["shards"]]
@@ -222,12 +288,10 @@ def split_files(data_dir: str | Path, split: str) -> list[Path]:
             f"no prepared data in {data_dir} (expected {META_NAME}); "
             "run 'gptkit prepare -c CONFIG' first"
         )
-    found = sorted(glob.glob(os.path.join(glob.escape(str(data_dir)), f"*{split}_*.bin")))
-    if not found and (data_dir / f"{split}.bin").is_file():
-        found = [str(data_dir / f"{split}.bin")]
+    found = _find(data_dir, split)
     if not found:
         raise GptkitError(
             f"no {split} shards in {data_dir} (expected {META_NAME} or {split}_000000.bin); "
             "run 'gptkit prepare -c CONFIG' first"
         )
-    return [Path(f) for f in found]
+    return found

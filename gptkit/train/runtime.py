@@ -143,14 +143,25 @@ def _sharded(model) -> bool:
 
 
 def state_dicts(model, optimizer) -> tuple[dict, dict]:
-    """Full (unsharded) model and optimizer state; under FSDP a collective, full on rank 0."""
+    """Full (unsharded) model and optimizer state; under FSDP a collective, full on rank 0.
+
+    A `MuonAdamW` (it has `.optimizers`) saves {"muon": ..., "adamw": ..., "steps": N}."""
     if not _sharded(model):
         return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    return get_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        get_state_dict,
     )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if not hasattr(optimizer, "optimizers"):
+        return get_state_dict(model, optimizer, options=options)
+    weights, state = get_state_dict(model, optimizer.muon, options=options)
+    state = {"muon": state, "adamw": None, "steps": optimizer.steps}
+    if optimizer.adamw is not None:
+        state["adamw"] = get_optimizer_state_dict(model, optimizer.adamw, options=options)
+    return weights, state
 
 
 def load_optimizer_state(model, optimizer, state: dict):
@@ -160,9 +171,14 @@ def load_optimizer_state(model, optimizer, state: dict):
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(
-        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
-    )
+    options = StateDictOptions(full_state_dict=True)
+    if not hasattr(optimizer, "optimizers"):
+        set_optimizer_state_dict(model, optimizer, state, options=options)
+        return
+    for key in ("muon", "adamw"):  # a plain AdamW state lacks these keys: KeyError
+        if getattr(optimizer, key) is not None:
+            set_optimizer_state_dict(model, getattr(optimizer, key), state[key], options=options)
+    optimizer.steps = int(state["steps"])
 
 
 def no_sync(model, rt: Runtime, *, last_micro_step: bool):

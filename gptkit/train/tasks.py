@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from gptkit.data import labeled
 from gptkit.data.batches import ShardBatches
+from gptkit.data.packing import segments
+from gptkit.errors import GptkitError
 from gptkit.train import runtime
 from gptkit.train.evaluate import lm_metrics, lm_sums
 
@@ -71,7 +74,12 @@ def lm_task(cfg, rt, model, data_meta: dict) -> Task:
         batch_size=cfg.train.batch_size,
         grad_accum=cfg.train.grad_accum,
     )
-    train = ShardBatches(cfg.data.dir, "train", sampling=cfg.data.sampling, **common)
+    eot = data_meta["tokenizer"].get("eot_id")
+    if eot is None and (cfg.data.packing != "none" or cfg.data.doc_mask):
+        raise GptkitError(f"data.packing and data.doc_mask need the end-of-text id that "
+                          f"separates documents; {cfg.data.dir}'s tokenizer has none")  # fmt: skip
+    train = ShardBatches(cfg.data.dir, "train", sampling=cfg.data.sampling,
+                         packing=cfg.data.packing, eot_id=eot, **common)  # fmt: skip
     # The same eval_steps global batches every time, however they are split into ranks x accum,
     # so val loss does not depend on the number of ranks.
     steps = cfg.train.eval_steps * cfg.train.grad_accum
@@ -85,10 +93,17 @@ def lm_task(cfg, rt, model, data_meta: dict) -> Task:
 
     return Task(
         train=train,
-        loss=lm_loss,
+        loss=partial(_doc_masked_loss, eot_id=eot) if cfg.data.doc_mask else lm_loss,
         evaluate=evaluate,
         flops_per_token=model.flops_per_token(cfg.model.block_size),
     )
+
+
+def _doc_masked_loss(model, batch, *, eot_id: int):
+    """lm_loss with attention kept inside each document of a packed row."""
+    x, y = batch
+    logits = model(x, segments=segments(x, eot_id))
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100)
 
 
 def split_tokens(meta: dict, split: str) -> int:
