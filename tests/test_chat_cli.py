@@ -1,0 +1,161 @@
+"""`gptkit chat`: scripted over stdin, deterministic at temperature 0, history and commands."""
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY, TINY_RUN
+
+from gptkit import artifacts, cli
+from gptkit.commands.chat import Session
+from gptkit.commands.finetune import finetune
+from gptkit.config import SampleConfig, load_config
+from gptkit.data import chat
+from gptkit.data.tokenizer import ByteTokenizer, get_tokenizer
+from gptkit.model.gpt import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = [
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "x?"},
+     {"role": "assistant", "content": "ok"}],
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chat_run(shared_tiny_run, tmp_path_factory):
+    """The shared tiny run fine-tuned for 3 steps on messages rows (byte tokens + ChatML)."""
+    root = tmp_path_factory.mktemp("chat")
+    (root / "rows.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in ROWS * 8))
+    finetune(load_config(None, [*TINY, "finetune.head=lm", f"finetune.init_from={shared_tiny_run}",
+                                f"finetune.train_file={root}/rows.jsonl", "train.max_steps=3",
+                                "train.warmup_steps=0", "train.eval_interval=0",
+                                f"train.out_dir={root}/run"]))  # fmt: skip
+    return root / "run"
+
+
+def _chat(run, stdin: str, monkeypatch, capsys, *flags) -> list[str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    capsys.readouterr()
+    argv = ["chat", str(run), "--temperature", "0", "--max-new-tokens", "6", "--device", "cpu"]
+    assert cli.main([*argv, *flags]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_a_messages_finetune_adds_the_chat_tokens_to_run_and_model(chat_run):
+    art = artifacts.resolve(chat_run)
+    spec = art.tokenizer_spec()
+    assert spec["added_tokens"] == {chat.IM_START: 257, chat.IM_END: 258}
+    assert art.config["model"]["vocab_size"] == 259 and art.head == {"name": "lm"}
+    assert art.load_model().transformer.wte.weight.shape[0] == 320
+
+
+def test_three_scripted_turns_at_temperature_0_are_deterministic(chat_run, monkeypatch, capsys):
+    turns = "hi\nx?\nbye\n"
+    first = _chat(chat_run, turns, monkeypatch, capsys, "--json")
+    assert first == _chat(chat_run, turns, monkeypatch, capsys, "--json")
+    records = [json.loads(line) for line in first]
+    assert [r["user"] for r in records] == ["hi", "x?", "bye"]
+    for r in records:
+        assert r["finish_reason"] in ("stop", "length") and 1 <= r["tokens"] <= 6
+    # a real process on a pipe prints the same turns
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptkit", "chat", str(chat_run), "--temperature", "0",
+         "--max-new-tokens", "6", "--device", "cpu", "--json"],
+        input=turns, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.splitlines() == first, proc.stderr
+
+
+def test_save_reset_and_exit(chat_run, tmp_path, monkeypatch, capsys):
+    saved = tmp_path / "conv.jsonl"
+    lines = _chat(chat_run, f"hi\n/save {saved}\n/reset\nhi\n/exit\nnever read\n",
+                  monkeypatch, capsys, "--system", "S")  # fmt: skip
+    assert len(lines) == 2 and lines[0] == lines[1]  # after /reset the same context again
+    (row,) = [json.loads(line) for line in saved.read_text().splitlines()]
+    roles = [m["role"] for m in row["messages"]]
+    assert roles == ["system", "user", "assistant"] and row["messages"][2]["content"] == lines[0]
+    assert not list(tmp_path.glob(".*tmp*"))  # written atomically, nothing left behind
+
+
+def test_old_turns_drop_out_of_the_prompt_but_never_the_system_prompt():
+    tok = get_tokenizer(chat.with_chat_tokens(ByteTokenizer().spec()))
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=259))
+    session = Session(model, tok, "cpu", SampleConfig(max_new_tokens=16), system="Sys")
+    for i in range(8):
+        session.messages += [{"role": "user", "content": f"question {i}"},
+                             {"role": "assistant", "content": f"answer {i}"}]  # fmt: skip
+    session.messages.append({"role": "user", "content": "last"})
+    ids = session.prompt()
+    text = tok.decode(ids)
+    assert len(ids) <= 128 - 16 and len(session.messages) == 18  # the history itself is kept
+    assert text.startswith("<|im_start|>system\nSys<|im_end|>\n")
+    assert text.endswith("<|im_start|>user\nlast<|im_end|>\n<|im_start|>assistant\n")
+    assert "question 7" in text and "question 0" not in text
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_number_words_in_english_and_french():
+    data = _script("make_chat_data")
+    cases = {0: ("zero", "zéro"), 21: ("twenty-one", "vingt et un"), 71: ("seventy-one",
+             "soixante et onze"), 80: ("eighty", "quatre-vingts"), 99: ("ninety-nine",
+             "quatre-vingt-dix-neuf"), 200: ("two hundred", "deux cents"), 342: (
+             "three hundred forty-two", "trois cent quarante-deux")}  # fmt: skip
+    assert {n: (data.english(n), data.french(n)) for n in cases} == cases
+
+
+@pytest.fixture(scope="module")
+def run_128(tiny_data, tmp_path_factory):
+    """A 2-step tiny run with a 128-token context: the recipes' rows need more than 32."""
+    from gptkit.commands.pretrain import pretrain
+
+    run = tmp_path_factory.mktemp("run128") / "run"
+    pretrain(load_config(None, [*TINY_RUN, "model.block_size=128", f"data.dir={tiny_data}",
+                                f"train.out_dir={run}"]))  # fmt: skip
+    return run
+
+
+@pytest.mark.parametrize("recipe", ["translation", "extraction", "dialogue"])
+def test_recipe_runs_small(recipe, run_128, tmp_path):
+    """Each recipe end to end at toy scale: its data, its preset (2 steps), its score."""
+    train, val = _script("make_chat_data").write(recipe, tmp_path, n_val=4)
+    finetune(load_config(os.path.join(ROOT, f"configs/chat_{recipe}.yaml"), [
+        *TINY, "model.block_size=128", f"finetune.init_from={run_128}",
+        f"finetune.train_file={train}", f"finetune.val_file={val}", "train.max_steps=2",
+        "train.warmup_steps=0", "train.eval_interval=0", f"train.out_dir={tmp_path}/run"]))  # fmt: skip
+    rows = [json.loads(line) for line in val.read_text().splitlines()][:2]
+    result = _script("score_chat").score(str(tmp_path / "run"), rows, max_new_tokens=4)
+    assert result["rows"] == 2 and 0.0 <= result["exact_match"] <= 1.0
+    if recipe == "extraction":
+        assert set(result) >= {"name_match", "date_match", "city_match", "amount_match"}
+
+
+def test_ctrl_c_stops_the_reply_not_the_session(monkeypatch):
+    import torch
+
+    from gptkit.commands import chat as chat_command
+
+    def interrupted(model, idx, **knobs):
+        yield torch.tensor([ord("h")])
+        raise KeyboardInterrupt
+
+    tok = get_tokenizer(chat.with_chat_tokens(ByteTokenizer().spec()))
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=259)).eval()
+    session = Session(model, tok, "cpu", SampleConfig(max_new_tokens=4, temperature=0))
+    monkeypatch.setattr(chat_command, "generate", interrupted)
+    result = session.reply("hi")
+    assert (result["reply"], result["finish_reason"]) == ("h", "interrupted")
+    monkeypatch.undo()
+    assert session.reply("again")["finish_reason"] in ("stop", "length")
+    assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2
