@@ -1,9 +1,11 @@
 """`gptkit eval PATH`: loss, perplexity and bits-per-byte of a model on a prepared split.
 
     gptkit eval runs/demo [--data data/demo] [--split val] [--max-batches 50] [--batch-size 8]
+    gptkit eval runs/demo --generate rows.jsonl | --choices rows.jsonl | --tasks NAMES
 PATH is a run, checkpoint, `gptkit export` or local HF GPT-2 dir (exports and HF dirs need
 --data). Windows are read in order, so the numbers are deterministic. Fine-tuned
 classifiers/regressors report the RUN_DIR/metrics.json that `gptkit finetune` wrote.
+Generation metrics, multiple choice and lm-eval tasks live in gptkit/evaluation/.
 """
 
 from __future__ import annotations
@@ -17,23 +19,68 @@ from gptkit.data.batches import ShardBatches
 from gptkit.data.shards import META_NAME
 from gptkit.data.shards import read_meta as read_data_meta
 from gptkit.errors import GptkitError
+from gptkit.evaluation import choices, generation, metrics, report
+from gptkit.evaluation.optional import require
 from gptkit.train import runtime
 from gptkit.train.evaluate import lm_metrics, lm_sums
+
+# flag -> the mode it belongs to ("" = loss on a prepared split): a flag given without its mode
+# is a mistake to point out, not a setting to ignore; _DEFAULTS are the values that say "not given"
+_MODE_FLAGS = {
+    "--generate": ("metrics", "predictions", "max_new_tokens", "temperature", "top_k", "top_p",
+                   "stop", "seed"),
+    "--tasks": ("task_dir", "limit", "num_fewshot"),
+    "": ("data", "split", "max_batches"),
+}  # fmt: skip
+_DEFAULTS = {"split": "val", "max_batches": 50}
 
 
 def run(args) -> int:
     """CLI entry: evaluate, then print a table or one JSON object."""
-    result = evaluate(
-        args.path,
-        data=args.data,
-        split=args.split,
-        max_batches=args.max_batches,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-    print(json.dumps(result) if args.json else format_table(result))
+    mode = _mode(args)
+    if mode == "--generate":
+        knobs = {k: getattr(args, k) for k in _MODE_FLAGS["--generate"][2:]}
+        result = generation.score_file(
+            args.path, args.generate, cfg=generation.sampling(**knobs),
+            metric_names=metrics.parse_metrics(args.metrics), predictions=args.predictions,
+            batch_size=args.batch_size, device=args.device)  # fmt: skip
+        text = report.scores_table(result, args.path, args.generate)
+    elif mode == "--choices":
+        result = choices.score_file(args.path, args.choices, batch_size=args.batch_size,
+                                    device=args.device)  # fmt: skip
+        text = report.scores_table(result, args.path, args.choices)
+    elif mode == "--tasks":
+        require("lm_eval")
+        from gptkit.evaluation import harness
+
+        result = harness.run_tasks(args.path, args.tasks, task_dir=args.task_dir,
+                                   limit=args.limit, num_fewshot=args.num_fewshot,
+                                   batch_size=args.batch_size, device=args.device)  # fmt: skip
+        text = report.tasks_table(result)
+    else:
+        result = evaluate(args.path, data=args.data, split=args.split,
+                          max_batches=args.max_batches, batch_size=args.batch_size,
+                          device=args.device)  # fmt: skip
+        text = report.lm_table(result)
+    print(json.dumps(result, default=str) if args.json else text)
     sys.stdout.flush()
     return 0
+
+
+def _mode(args) -> str:
+    """The benchmark asked for ("--generate", "--choices", "--tasks"; "" = loss), once every
+    flag given belongs to it."""
+    given = [f for f in ("--generate", "--choices", "--tasks") if getattr(args, f[2:]) is not None]
+    mode = given[0] if given else ""
+    for owner, names in _MODE_FLAGS.items():
+        for name in (n for n in names if owner != mode):
+            if getattr(args, name) not in (None, _DEFAULTS.get(name)):
+                flag = "--" + name.replace("_", "-")
+                needs = f"needs {owner}" if owner else f"is for loss evaluation, not {mode}"
+                raise GptkitError(f"{flag} {needs}; drop it or change the mode")
+    if args.batch_size < 1:
+        raise GptkitError("--batch-size must be >= 1")
+    return mode
 
 
 def evaluate(path, *, data=None, split="val", max_batches=50, batch_size=8, device="auto") -> dict:
@@ -43,7 +90,7 @@ def evaluate(path, *, data=None, split="val", max_batches=50, batch_size=8, devi
     dev = runtime.resolve_device(device)
     art = artifacts.resolve(path)
     if art.kind == "checkpoint" and art.head["name"] != "lm":
-        return head_metrics(art.dir, art.head["name"])
+        return report.head_metrics(art.dir, art.head["name"])
     _check_lm(art, data)
     if data is None:  # a run is scored on the data it was trained on
         data = _run_data_dir(art.dir, art.meta)
@@ -143,48 +190,3 @@ def _context(block_size: int, info: dict, where: str) -> int:
     if longest < 2:
         raise GptkitError(f"{where} has under 2 tokens in every shard; prepare more data")
     return min(block_size, longest - 1)
-
-
-def head_metrics(ckpt: Path, head: str) -> dict:
-    """The metrics a fine-tuned head run stored in RUN_DIR/metrics.json."""
-    run_dir = ckpt.parent.parent  # RUN_DIR/checkpoints/step_N
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        raise GptkitError(
-            f"{ckpt} has a {head} head and {path} does not exist (gptkit finetune writes it when "
-            "a run ends); finish the run, or score rows with 'gptkit predict'"
-        )
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GptkitError(
-            f"{path} is unreadable ({e}); rerun the fine-tune to rewrite it"
-        ) from None
-    return {"path": str(run_dir), "head": head, "metrics": stored}
-
-
-def format_table(result: dict) -> str:
-    """A short human-readable table of an `evaluate` result."""
-    if "head" in result:
-        rows = [f"  {k:<20}{v:>12.4f}" for k, v in _final_then_best(result["metrics"])]
-        title = f"{result['path']} ({result['head']} head, from metrics.json)"
-        return "\n".join([title, *(rows or ["  (no metrics stored)"])])
-    bpb = "n/a" if result["bpb"] is None else f"{result['bpb']:.4f}"
-    at = f" (step {result['step']})" if result.get("step") is not None else ""
-    return "\n".join(
-        [
-            f"{result['path']}{at} on {result['data']} [{result['split']}]: "
-            f"{result['windows']} windows x {result['context']} tokens = {result['tokens']:,} tokens",
-            f"  {'loss (nats)':<16}{result['loss']:>12.4f}",
-            f"  {'perplexity':<16}{result['ppl']:>12.4f}",
-            f"  {'bits/byte':<16}{bpb:>12}",
-        ]
-    )
-
-
-def _final_then_best(m: dict):
-    """("final val_acc", 0.97), ... from a finetune summary {"final": {...}, "best": {...}}."""
-    for part in ("final", "best"):
-        for k, v in (m.get(part) or {}).items():
-            if k != "step" and isinstance(v, (int, float)):
-                yield f"{part} {k}", v
