@@ -49,9 +49,12 @@ class Artifact:
         return self.meta["config"] if self.kind == "checkpoint" else None
 
     def tokenizer_spec(self) -> dict | None:
-        """The spec of the tokenizer it was trained with (an HF dir without gptkit.json: gpt2)."""
+        """The spec of the tokenizer it was trained with; an HF dir without gptkit.json: its own
+        tokenizer.json (+ tokenizer_config.json) where it has one, else gpt2."""
         spec = self.meta.get("tokenizer")
         if spec is None and self.kind == "hf":
+            if self.dir is not None and (self.dir / "tokenizer.json").is_file():
+                return get_tokenizer(str(self.dir / "tokenizer.json")).spec()
             return get_tokenizer("gpt2").spec()
         return spec
 

@@ -26,10 +26,16 @@ COMMANDS = {
         True,
     ),
     "sample": ("generate text from a run, checkpoint, export or HF dir", "sample", False),
-    "eval": ("val loss, perplexity and bits-per-byte of a model", "evaluate", False),
+    "chat": ("talk with a chat model (fine-tuned on messages rows) in the terminal", "chat", False),
+    "eval": (
+        "val loss, perplexity, bits-per-byte; or generation, multiple-choice, lm-eval benchmarks",
+        "evaluate",
+        False,
+    ),
     "predict": ("run a fine-tuned classifier/regressor over rows of jsonl", "predict", False),
     "export": ("write a model as a Hugging Face GPT-2 dir or bare safetensors", "export", False),
     "plot": ("plot train/val loss curves of one or more runs", "plot", False),
+    "serve": ("an OpenAI-compatible HTTP server and chat page for a model", "serve", False),
 }
 
 
@@ -91,14 +97,66 @@ def _add_sample_args(p):
     )
 
 
+def _add_chat_args(p):
+    p.add_argument("path", help="chat model: " + _MODEL_PATH)
+    p.add_argument("--system", help="system prompt, kept when old turns drop out of the context")
+    p.add_argument("--max-new-tokens", type=int, help="most tokens per reply (default 200)")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", default="auto", help=_DEVICE)
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per turn (user, reply, tokens, ...)"
+    )
+
+
 def _add_eval_args(p):
     p.add_argument("path", help=_MODEL_PATH)
     p.add_argument("--data", type=_folder, help="prepared data dir (default: the run's data.dir)")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split to score")
     p.add_argument("--max-batches", type=int, default=50, help="batches to average over")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences (or prompts) per batch")
     p.add_argument("--device", default="auto", help=_DEVICE)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    # Beyond loss (gptkit/evaluation/): one of three benchmark modes, each with its own flags.
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--generate",
+        metavar="FILE",
+        help="jsonl of prompt + reference(s) or chat messages: generate, then score "
+        "BLEU, chrF, ROUGE, METEOR, exact match ('-' reads stdin)",
+    )
+    mode.add_argument(
+        "--choices",
+        metavar="FILE",
+        help="jsonl of context + choices + label: multiple-choice acc, acc_norm",
+    )
+    mode.add_argument(
+        "--tasks",
+        metavar="NAMES",
+        help="comma-separated lm-evaluation-harness tasks (pip install 'gptkit[eval]')",
+    )
+    g = p.add_argument_group("--generate")
+    g.add_argument(
+        "--metrics",
+        help="comma-separated subset of bleu,chrf,rouge1,rouge2,rougeL,meteor,exact_match",
+    )
+    g.add_argument(
+        "--predictions",
+        metavar="OUT.jsonl",
+        help="write every row with its output and per-row scores ('-': stdout)",
+    )
+    g.add_argument("--max-new-tokens", type=int, help="tokens to generate per row (default 64)")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default 0)")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+    g.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, help="random seed (default 1337)")
+    t = p.add_argument_group("--tasks")
+    t.add_argument("--task-dir", type=_folder, help="folder of task YAMLs (then only its tasks)")
+    t.add_argument("--limit", type=float, help="rows per task (a fraction if below 1)")
+    t.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt")
 
 
 def _add_predict_args(p):
@@ -123,6 +181,30 @@ def _add_plot_args(p):
     )
 
 
+def _add_serve_args(p):
+    p.add_argument("path", help=_MODEL_PATH)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or $GPTKIT_API_KEY)")
+    p.add_argument("--name", help="model id in the API (default: the folder name)")
+    p.add_argument(
+        "--max-concurrency", type=int, default=8, help="sequences decoded together (default 8)"
+    )
+    p.add_argument(
+        "--queue-size", type=int, default=32, help="requests that may wait; more get 429"
+    )
+    p.add_argument("--max-tokens", type=int, default=256, help="cap on max_tokens (default 256)")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413"
+    )
+    p.add_argument("--device", default="auto", help=_DEVICE)
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype (default auto)",
+    )  # fmt: skip
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+
+
 def _folder(value: str) -> str:
     """argparse type of folder arguments: '-' names a stream, which cannot hold files."""
     if value == "-":
@@ -140,10 +222,12 @@ def _config_file(value: str) -> str:
 _ADD_ARGS = {
     "prepare": _add_prepare_args,
     "sample": _add_sample_args,
+    "chat": _add_chat_args,
     "eval": _add_eval_args,
     "predict": _add_predict_args,
     "export": _add_export_args,
     "plot": _add_plot_args,
+    "serve": _add_serve_args,
 }
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 from gptkit import configfile
 from gptkit.configfile import ConfigError, build, coerce, dump_yaml, to_dict  # noqa: F401
+from gptkit.data.config import DataConfig
 from gptkit.model.config import GPTConfig, SampleConfig  # noqa: F401 - re-exported
 
 
@@ -21,7 +22,7 @@ class PrepareConfig:
     source: str = "builtin:stdlib"
     """text to tokenize: a file, folder or glob (.txt/.jsonl/.json/.csv/.parquet), hf:NAME, or builtin:NAME"""
     tokenizer: str = "gpt2"
-    """gpt2 | r50k_base | p50k_base | cl100k_base | o200k_base | char | byte"""
+    """gpt2 | r50k_base | p50k_base | cl100k_base | o200k_base | char | byte | bpe:N (train a byte-level BPE of N ids on the train split) | PATH to a tokenizer.json or a folder holding one"""
     out_dir: str = "data/demo"
     """folder for the token shards and meta.json"""
     val_fraction: float = 0.01
@@ -55,15 +56,11 @@ class PrepareConfig:
             problems.append(
                 f"`prepare.max_documents` must be >= 1 (null = all), got {self.max_documents}"
             )
+        n = self.tokenizer[4:] if self.tokenizer.startswith("bpe:") else "257"
+        if not n.isdigit() or int(n) < 257:  # bpe:N: 256 byte symbols + <|endoftext|>
+            why = ">= 257 (256 byte symbols + 1 special token)" if n.isdigit() else "an integer"
+            problems.append(f"prepare.tokenizer={self.tokenizer}: N must be {why}")
         _raise_all(problems)
-
-
-@dataclass(kw_only=True, slots=True)
-class DataConfig:
-    dir: str = "data/demo"
-    """folder written by `gptkit prepare` (shards + meta.json)"""
-    sampling: Literal["random", "sequential"] = "random"
-    """training windows: random offsets (nanoGPT) or one sequential pass per epoch"""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -78,8 +75,18 @@ class TrainConfig:
     """optimizer steps to train for"""
     max_tokens: int | None = None
     """token budget instead of max_steps (null = use max_steps)"""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw | muon: torch's Muon for the 2-D matrices inside the blocks, AdamW for the rest"""
     lr: float = 1.0e-3
-    """peak learning rate"""
+    """peak learning rate (with muon: Muon's; its updates match AdamW's RMS, so lr carries over)"""
+    adam_lr: float | None = None
+    """optimizer=muon: peak lr of the AdamW groups (embeddings, head, norms, biases); null = lr"""
+    muon_momentum: float = 0.95
+    """optimizer=muon: Muon's momentum after its warm-up"""
+    muon_momentum_start: float = 0.85
+    """optimizer=muon: Muon's momentum at step 0, raised linearly to muon_momentum"""
+    muon_momentum_warmup_steps: int = 300
+    """optimizer=muon: steps of that momentum ramp (0 = muon_momentum from the start)"""
     min_lr: float = 1.0e-4
     """learning rate at the end of the decay"""
     warmup_steps: int = 100
@@ -131,23 +138,25 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "log_interval", "keep_last"):
             if getattr(self, name) < 1:
                 problems.append(f"`train.{name}` must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_interval", "eval_steps", "ckpt_interval"):
+        for name in ("warmup_steps", "eval_interval", "eval_steps", "ckpt_interval", "grad_clip",
+                     "weight_decay", "muon_momentum_warmup_steps"):  # fmt: skip
             if getattr(self, name) < 0:
                 problems.append(f"`train.{name}` must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             problems.append(f"`train.lr` must be > 0, got {self.lr}")
-        if self.min_lr < 0 or self.min_lr > self.lr:
+        if self.adam_lr is not None and (self.adam_lr <= 0 or self.optimizer != "muon"):
+            problems.append("`train.adam_lr` must be > 0 and needs `train.optimizer: muon`")
+        if not 0.0 <= self.muon_momentum_start <= self.muon_momentum < 1.0:
+            problems.append("need 0 <= `train.muon_momentum_start` <= `train.muon_momentum` < 1")
+        if not 0 <= self.min_lr <= self.lr:
             problems.append(
-                f"`train.min_lr` ({self.min_lr}) must be in [0, `train.lr` ({self.lr})]; "
-                "lower min_lr or raise lr"
+                f"`train.min_lr` ({self.min_lr}) must be in [0, `train.lr` ({self.lr})]"
             )
         if self.warmup_steps > self.max_steps:
             problems.append(
                 f"`train.warmup_steps` ({self.warmup_steps}) is longer than `train.max_steps` "
                 f"({self.max_steps}); shorten the warmup or train longer"
             )
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            problems.append("`train.grad_clip` and `train.weight_decay` must be >= 0")
         if not 0.0 < self.decay_fraction <= 1.0:
             problems.append(f"`train.decay_fraction` must be in (0, 1], got {self.decay_fraction}")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -195,6 +204,8 @@ class FinetuneConfig:
     """lm head SFT: prompt column (loss only on the completion)"""
     completion_field: str = "completion"
     """lm head SFT: completion column"""
+    messages_field: str = "messages"
+    """lm head chat SFT: column of {role, content} message lists (loss on assistant turns only)"""
     tokens_field: str = "tokens"
     """token_classification: column holding the list of words"""
     label_subtoken: Literal["first", "last"] = "first"

@@ -82,3 +82,25 @@ def shared_tiny_run(tiny_data, tmp_path_factory):
 def tiny_run(shared_tiny_run, tmp_path) -> Path:
     """This test's own copy of the shared run, at tmp_path / "run"."""
     return Path(shutil.copytree(shared_tiny_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def random_lm_run(tmp_path_factory) -> Path:
+    """A byte-level LM checkpoint with random weights (seed 0; TINY's shape; matrices x10):
+    unlike a 2-step run, its greedy outputs and log-likelihoods vary with the context. Read-only."""
+    from gptkit.config import Config, to_dict
+    from gptkit.data.tokenizer import ByteTokenizer
+    from gptkit.model.gpt import GPT, GPTConfig
+    from gptkit.train import checkpoint
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=257)
+    meta = {"config": to_dict(Config(model=cfg)), "tokenizer": ByteTokenizer().spec(),
+            "head": {"name": "lm"}}  # fmt: skip
+    model = GPT(cfg)
+    with torch.no_grad():  # peaked logits: greedy decoding is far from ties
+        for p in model.parameters():
+            p.mul_(10 if p.dim() == 2 else 1)
+    run = tmp_path_factory.mktemp("random") / "run"
+    checkpoint.save(run, step=0, model=model, state={}, meta=meta, keep_last=1)
+    return run

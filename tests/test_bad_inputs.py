@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import TINY_RUN
 
 from gptkit import artifacts, cli
 from gptkit.config import load_config, to_dict
+from gptkit.data.shards import header
 from gptkit.data.tokenizer import ByteTokenizer
 from gptkit.model.gpt import GPT
 from gptkit.model.heads import build_head
@@ -109,6 +111,47 @@ def _prepare(tmp, *extra):
     return ["prepare", "prepare.tokenizer=byte", f"prepare.out_dir={tmp}/out", *extra]
 
 
+def _hf_dir(tmp, **change):
+    """A tiny random Llama dir saved by transformers, its config.json then changed."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48,
+                                   num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp / "hf")
+    _edit_json(tmp / "hf" / "config.json", lambda d: d.update(change))
+    return str(tmp / "hf")
+
+
+def _modern_ckpt(ws, tmp):
+    """The shared run's checkpoint, rebuilt as a `modern` family model."""
+    cfg = load_config(None, [*TINY_RUN, "model.family=modern", "model.vocab_size=257"])
+    meta = {"config": to_dict(cfg), "tokenizer": ByteTokenizer().spec(), "head": {"name": "lm"}}
+    return str(checkpoint.save(tmp / "m", step=1, model=GPT(cfg.model), state={}, meta=meta,
+                               keep_last=1))  # fmt: skip
+
+
+_GEN_ROW = '{"prompt": "a", "reference": "b"}\n'
+_CHOICE_ROW = '{"context": "a", "choices": ["b", "c"], "label": 2}\n'
+ROWS2 = '{"text": "a b", "label": "x"}\n{"text": "c d", "label": "y"}\n' * 4  # two classes
+
+
+def _nanogpt_dir(tmp):
+    """nanoGPT's headerless train.bin/val.bin and a meta.pkl (never opened: it is not a pickle)."""
+    (tmp / "ng").mkdir()
+    for name in ("train.bin", "val.bin"):
+        np.arange(500, dtype=np.uint16).tofile(tmp / "ng" / name)
+    (tmp / "ng" / "meta.pkl").write_bytes(b"unpickling this would fail")
+    return tmp / "ng"
+
+
+def _u32_dir(tmp):
+    """An llm.c uint32 (version 7) shard folder without meta.json."""
+    (tmp / "u32").mkdir()
+    ids = np.arange(500, dtype=np.uint32)
+    (tmp / "u32" / "fineweb_train_000000.bin").write_bytes(header(500, np.uint32) + ids.tobytes())
+    return tmp / "u32"
+
+
 def _trunc_weights(ws, tmp):
     run, f = _ckpt_file(ws, tmp, "model.safetensors")
     _truncate(f)
@@ -143,6 +186,15 @@ def _metrics_corrupt(ws, tmp):
 
 
 # (id, argv builder (ws, tmp) -> argv, fragment the one error line must contain)
+def _chat_ft(ws, tmp, *bad: dict):
+    """finetune on messages rows: a user turn, then `bad` (every row, so train and val)."""
+    row = {"messages": [{"role": "user", "content": "hi"}, *bad]}
+    rows = _file(tmp, "chat.jsonl", (json.dumps(row) + "\n") * 4)
+    return ["finetune", f"finetune.init_from={ws / 'run'}", "finetune.head=lm",
+            f"finetune.train_file={rows}", f"train.out_dir={tmp}/ft", "train.device=cpu"]  # fmt: skip
+
+
+ASSISTANT = {"role": "assistant", "content": "yo"}
 CASES = [
     # prepare
     ("prepare-missing-config", lambda ws, t: ["prepare", "-c", f"{t}/nope.yaml"], "not found"),
@@ -173,6 +225,13 @@ CASES = [
     ("prepare-negative-max-documents", lambda ws, t: _prepare(t, "prepare.max_documents=-1"),
      "max_documents"),
     ("prepare-bad-flag", lambda ws, t: ["prepare", "--forse"], "unrecognized arguments"),
+    ("prepare-missing-tokenizer-json",
+     lambda ws, t: _prepare(t, f"prepare.tokenizer={t}/nope/tokenizer.json"), "does not exist"),
+    ("prepare-corrupt-tokenizer-json",
+     lambda ws, t: _prepare(t, "prepare.tokenizer=" + _file(t, "tokenizer.json", '{"model": 3')),
+     "not a valid tokenizer.json"),
+    ("prepare-bpe-too-small", lambda ws, t: _prepare(t, "prepare.tokenizer=bpe:100"),
+     "N must be >= 257"),
     # pretrain
     ("pretrain-no-data", lambda ws, t: _pretrain(ws, t, data=t / "nodata"), "gptkit prepare"),
     ("pretrain-nan-lr", lambda ws, t: _pretrain(ws, t, "train.lr=nan"), "finite number"),
@@ -219,11 +278,35 @@ CASES = [
      lambda ws, t: _pretrain(ws, t, f"train.resume={ws / 'cls'}"), "not hold a plain language"),
     ("pretrain-resume-garbage-state",
      lambda ws, t: _pretrain(ws, t, f"train.resume={_garbage_state(ws, t)}"), "state.pt"),
+    ("pretrain-nanogpt-bins-with-meta-pkl", lambda ws, t: _pretrain(ws, t, data=_nanogpt_dir(t)),
+     "is a pickle, which gptkit never loads"),
+    ("pretrain-llmc-uint32-no-tokenizer", lambda ws, t: _pretrain(ws, t, data=_u32_dir(t)),
+     "set data.tokenizer"),
+    ("pretrain-data-tokenizer-disagrees", lambda ws, t: _pretrain(ws, t, "data.tokenizer=gpt2"),
+     "data.tokenizer=gpt2 but"),
+    ("pretrain-unknown-optimizer", lambda ws, t: _pretrain(ws, t, "train.optimizer=sgd"),
+     "must be one of adamw"),
+    ("pretrain-adam-lr-without-muon", lambda ws, t: _pretrain(ws, t, "train.adam_lr=1e-3"),
+     "`train.adam_lr` must be > 0 and needs `train.optimizer: muon`"),
+    ("pretrain-muon-zero-adam-lr",
+     lambda ws, t: _pretrain(ws, t, "train.optimizer=muon", "train.adam_lr=0"),
+     "`train.adam_lr` must be > 0 and needs"),
+    ("pretrain-muon-momentum-too-big", lambda ws, t: _pretrain(ws, t, "train.muon_momentum=1.5"),
+     "need 0 <= `train.muon_momentum_start` <= `train.muon_momentum` < 1"),
     ("pretrain-out-dir-is-file",
      lambda ws, t: [*_pretrain(ws, t), f"train.out_dir={_file(t, 'f', 'x')}"],
      "cannot write the run dir"),
     # sample
     ("sample-missing-path", lambda ws, t: ["sample", f"{t}/nope"], "does not exist"),
+    ("sample-hf-dir-of-another-architecture",
+     lambda ws, t: ["sample", _hf_dir(t, model_type="falcon")], "'falcon' model"),
+    ("finetune-hf-dir-with-rope-scaling",
+     lambda ws, t: ["finetune", f"finetune.init_from={_hf_dir(t, rope_scaling={'rope_type': 'yarn', 'factor': 4.0})}",
+                    f"finetune.train_file={ws / 'rows.jsonl'}", f"train.out_dir={t}/ft"],
+     "rope_scaling"),
+    ("export-modern-run-as-hf",
+     lambda ws, t: ["export", _modern_ckpt(ws, t), "--format", "hf", "--out", f"{t}/o"],
+     "no Hugging Face equivalent"),
     ("sample-empty-dir", lambda ws, t: ["sample", str(t)], "no checkpoint in"),
     ("sample-truncated-safetensors", lambda ws, t: ["sample", str(_trunc_weights(ws, t))],
      "not a readable safetensors"),
@@ -246,6 +329,20 @@ CASES = [
     ("eval-zero-batches", lambda ws, t: ["eval", str(ws / "run"), "--max-batches", "0"], ">= 1"),
     ("eval-truncated-safetensors", lambda ws, t: ["eval", str(_trunc_weights(ws, t))],
      "not a readable safetensors"),
+    ("eval-generate-missing-file",
+     lambda ws, t: ["eval", str(ws / "run"), "--generate", f"{t}/none.jsonl"], "does not exist"),
+    ("eval-generate-row-without-reference",
+     lambda ws, t: ["eval", str(ws / "run"), "--generate", _file(t, "g.jsonl", '{"prompt": "a"}')],
+     "has no 'reference'"),
+    ("eval-generate-unknown-metric",
+     lambda ws, t: ["eval", str(ws / "run"), "--generate", _file(t, "g.jsonl", _GEN_ROW),
+                    "--metrics", "bleu,rogue1"], "unknown metric 'rogue1'"),
+    ("eval-choices-label-out-of-range",
+     lambda ws, t: ["eval", str(ws / "run"), "--choices", _file(t, "c.jsonl", _CHOICE_ROW)],
+     "label 2 is out of range for 2 choices"),
+    ("eval-tasks-unknown-name",
+     lambda ws, t: ["eval", str(ws / "run"), "--tasks", "hellaswagg", "--task-dir", str(t)],
+     "unknown lm-eval task 'hellaswagg'"),
     # export
     ("export-out-not-empty",
      lambda ws, t: ["export", str(ws / "run"), "--out", str(ws / "run")], "not empty"),
@@ -267,6 +364,23 @@ CASES = [
      lambda ws, t: ["finetune", f"finetune.init_from={_meta_edit(ws, t, _wider)}",
                     f"finetune.train_file={ws / 'rows.jsonl'}", f"train.out_dir={t}/ft"],
      "does not match its meta.json"),
+    ("finetune-muon-frozen-backbone",
+     lambda ws, t: ["finetune", f"finetune.init_from={ws / 'run'}", "finetune.freeze=backbone",
+                    f"finetune.train_file={_file(t, 'r.jsonl', ROWS2)}", f"train.out_dir={t}/ft",
+                    "train.device=cpu", "train.optimizer=muon"], "needs trainable 2-D"),
+    ("finetune-chat-unknown-role", lambda ws, t: _chat_ft(ws, t, {"role": "bot", "content": "x"}, ASSISTANT),
+     "message 2 has role 'bot'"),
+    ("finetune-chat-no-assistant", lambda ws, t: _chat_ft(ws, t, {"role": "user", "content": "x"}),
+     "no assistant message"),
+    ("finetune-chat-content-not-a-string",
+     lambda ws, t: _chat_ft(ws, t, {"role": "assistant", "content": ["x"]}), "of type list"),
+    # chat
+    ("serve-missing-path", lambda ws, t: ["serve", f"{t}/nope"], "does not exist"),
+    ("serve-classifier-run", lambda ws, t: ["serve", str(ws / "cls")], "head"),
+    ("chat-plain-lm-run", lambda ws, t: ["chat", str(ws / "run")], "is not a chat model"),
+    ("chat-missing-path", lambda ws, t: ["chat", f"{t}/nope"], "does not exist"),
+    ("chat-top-p-out-of-range", lambda ws, t: ["chat", str(ws / "run"), "--top-p", "2"],
+     "--top-p"),
     # predict, plot
     ("predict-lm-run", lambda ws, t: ["predict", str(ws / "run"), "--device", "cpu"], "lm head"),
     ("predict-missing-run", lambda ws, t: ["predict", f"{t}/none"], "does not exist"),

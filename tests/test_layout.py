@@ -9,9 +9,12 @@ PKG = Path(__file__).parents[1] / "gptkit"
 # module prefix -> gptkit modules it may import (besides gptkit.errors, a leaf)
 ALLOWED = {
     "gptkit.model": ("gptkit.model",),
-    "gptkit.data.tokenizer": (),
+    # hf_tokenizer imported only for tokenizer.json; special only for specs with added tokens
+    "gptkit.data.tokenizer": ("gptkit.data.hf_tokenizer", "gptkit.data.special"),
+    "gptkit.data.hf_tokenizer": (),
+    "gptkit.data.special": (),
     "gptkit.data.shards": (),
-    "gptkit.config": ("gptkit.model.config", "gptkit.configfile", "gptkit"),
+    "gptkit.config": ("gptkit.model.config", "gptkit.data.config", "gptkit.configfile", "gptkit"),
     "gptkit.configfile": (),
     "gptkit.data": ("gptkit.data", "gptkit.config", "gptkit"),
     "gptkit.artifacts": ("gptkit.model", "gptkit.data", "gptkit"),
@@ -23,8 +26,27 @@ ALLOWED = {
         "gptkit.config",
         "gptkit",
     ),
+    "gptkit.evaluation": (
+        "gptkit.evaluation",
+        "gptkit.train",
+        "gptkit.artifacts",
+        "gptkit.model",
+        "gptkit.data",
+        "gptkit.config",
+        "gptkit",
+    ),
+    "gptkit.serve": (
+        "gptkit.serve",
+        "gptkit.artifacts",
+        "gptkit.model",
+        "gptkit.data",
+        "gptkit.train",
+        "gptkit",
+    ),
     # no command imports another: what two commands share lives in a lower layer
     "gptkit.commands": (
+        "gptkit.serve",
+        "gptkit.evaluation",
         "gptkit.train",
         "gptkit.artifacts",
         "gptkit.model",

@@ -89,12 +89,28 @@ def _provenance(meta: dict) -> dict:
 
 
 def _write_hf(model, meta: dict, folder: Path):
-    """config.json + model.safetensors for transformers, gpt2 tokenizer files when they apply."""
+    """config.json + model.safetensors for transformers, and the tokenizer files for gpt2 and
+    tokenizer.json tokenizers."""
     tok = meta.get("tokenizer") or {}
     hf.save_hf(model, folder, eot_id=tok.get("eot_id"))
     (folder / "gptkit.json").write_text(json.dumps(_provenance(meta), indent=2) + "\n")
     if tok.get("kind") == "tiktoken" and tok.get("name") == "gpt2":
         _copy_gpt2_tokenizer(folder, model.config.block_size)
+    elif tok.get("kind") == "tokenizers":
+        _write_tokenizer_json(folder, tok, model.config.block_size)
+
+
+def _write_tokenizer_json(folder: Path, tok: dict, block_size: int):
+    """The spec's tokenizer.json + a tokenizer_config.json naming its special tokens, so
+    AutoTokenizer.from_pretrained(folder) loads it offline."""
+    (folder / "tokenizer.json").write_text(tok["json"], encoding="utf-8")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": block_size,
+        "clean_up_tokenization_spaces": False,  # decode must give back the text exactly
+        **{f"{role}_token": tok[role] for role in ("bos", "eos", "pad", "unk") if tok.get(role)},
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _copy_gpt2_tokenizer(folder: Path, block_size: int):

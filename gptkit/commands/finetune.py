@@ -15,7 +15,8 @@ import torch
 
 from gptkit import artifacts
 from gptkit.config import Config, dump_yaml, to_dict
-from gptkit.data import labeled
+from gptkit.data import chat, labeled
+from gptkit.data.tokenizer import get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.model.heads import HEADS
 from gptkit.train import adapt, checkpoint, runtime
@@ -46,13 +47,17 @@ def _finetune(cfg: Config, rt) -> dict:
     source = artifacts.resolve(ft.init_from, what="finetune.init_from")
     model, tok = source.load_model(), source.tokenizer()
     adapt.set_dropout(model, cfg.model, ft.init_from)
-    cfg = dataclasses.replace(cfg, model=model.config)  # the run's model is the backbone's
     kind = "sft" if ft.head == "lm" and ft.prompt_field else ft.head
-    train_ex, val_ex, head = _examples(cfg, kind, tok, source.head)
+    rows = _rows(cfg)
+    if kind == "lm" and rows[0] and ft.messages_field in rows[0][0]:  # chat rows (data/chat.py)
+        kind, tok = "chat", get_tokenizer(chat.with_chat_tokens(tok.spec()))
+        adapt.grow_vocab(model, tok.vocab_size)  # room for the added chat tokens, if any
+    cfg = dataclasses.replace(cfg, model=model.config)  # the run's model is the backbone's
+    train_ex, val_ex, head = _examples(cfg, kind, tok, source.head, rows)
     ckpt = checkpoint.resume_checkpoint(cfg, run_dir, tok.spec())
     runtime.seed_everything(cfg.train.seed)
     # a task head always starts fresh; an LM fine-tune keeps the backbone's own LM head
-    fresh = kind not in ("lm", "sft") or head != source.head
+    fresh = kind not in ("lm", "sft", "chat") or head != source.head
     trainable = adapt.attach(model, head if fresh else None, ft)
     if ckpt is not None:
         _check_resume(ckpt, head, to_dict(ft.lora) if ft.lora.rank else None)
@@ -64,7 +69,8 @@ def _finetune(cfg: Config, rt) -> dict:
     optimizer = build_optimizer(
         runtime.unwrap(wrapped), cfg.train, device_type=rt.device.type, head_lr_scale=scale
     )
-    task = finetune_task(kind, model, train_ex, val_ex, cfg=cfg, rt=rt, pad_id=tok.eot_id)
+    task_kind = "sft" if kind == "chat" else kind  # chat examples are SFT examples
+    task = finetune_task(task_kind, model, train_ex, val_ex, cfg=cfg, rt=rt, pad_id=tok.eot_id)
     meta = {
         "config": to_dict(cfg),
         "tokenizer": tok.spec(),
@@ -121,8 +127,8 @@ def _check_out_dir(run_dir: Path, init_from: str):
         )
 
 
-def _examples(cfg: Config, kind: str, tok, source_head: dict):
-    """Read, split and encode the data; return (train, val examples, head spec)."""
+def _rows(cfg: Config) -> tuple[list, list, str]:
+    """(train rows, val rows, where the val rows come from): val_file or a seeded split."""
     ft = cfg.finetune
     if ft.train_file is None:
         raise GptkitError(
@@ -136,7 +142,18 @@ def _examples(cfg: Config, kind: str, tok, source_head: dict):
         val_where = f"{ft.train_file} (val split)"
     if ft.early_stopping and not val_rows:
         raise GptkitError("finetune.early_stopping needs validation data; set val_fraction > 0")
+    return train_rows, val_rows, val_where
+
+
+def _examples(cfg: Config, kind: str, tok, source_head: dict, rows: tuple):
+    """Encode the rows; return (train, val examples, head spec)."""
+    ft, (train_rows, val_rows, val_where) = cfg.finetune, rows
     head = _head_spec(kind, ft, train_rows, source_head)
+    if kind == "chat":  # (ids, targets) pairs with loss on the assistant turns only
+        common = dict(tok=tok, field=ft.messages_field, block_size=cfg.model.block_size)
+        train = chat.encode_rows(train_rows, where=ft.train_file, **common)
+        val = chat.encode_rows(val_rows, where=val_where, **common)
+        return [labeled.Example(*e) for e in train], [labeled.Example(*e) for e in val], head
     common = dict(
         kind=kind, tok=tok, ft=ft, labels=head.get("labels"), block_size=cfg.model.block_size
     )
@@ -146,7 +163,7 @@ def _examples(cfg: Config, kind: str, tok, source_head: dict):
 
 
 def _head_spec(kind: str, ft, rows: list[dict], source_head: dict) -> dict:
-    if kind in ("lm", "sft"):  # keep the backbone's own LM head (tied or trained)
+    if kind in ("lm", "sft", "chat"):  # keep the backbone's own LM head (tied or trained)
         return source_head if source_head.get("name") == "lm" else dict(artifacts.LM_HEAD)
     if kind == "regression":
         return {"name": "regression", "num_targets": ft.num_targets, "pooling": ft.pooling}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from gptkit import artifacts
@@ -34,7 +35,7 @@ def load_pretrain_source(cfg, tokenizer: dict):
     path = cfg.train.init_from
     source = artifacts.resolve(path, what="train.init_from")
     model = source.load_model()
-    if type(model.head) is not LMHead or not model.head.tied:
+    if type(model.head) is not LMHead:
         raise GptkitError(
             f"train.init_from={path} has a {type(model.head).__name__}; pretraining continues "
             "language models only (use gptkit finetune for heads)"
@@ -60,6 +61,35 @@ def set_dropout(model, user: GPTConfig, init_from: str):
             module.p = user.dropout
         elif isinstance(module, CausalSelfAttention):
             module.dropout = user.dropout  # SDPA's dropout_p on the attention weights
+
+
+@torch.no_grad()
+def grow_vocab(model, vocab_size: int):
+    """Give the token embedding (and an untied LM head) rows for ids up to `vocab_size`, e.g.
+    added chat tokens. Old rows stay bit-identical; each new row starts as the mean of the old
+    rows, a token the model already half-understands (random rows would give it noise, zero
+    rows a logit that ignores the context), which the fine-tune then moves."""
+    old = model.config.vocab_size
+    if vocab_size <= old:
+        return
+    model.config.vocab_size = vocab_size  # the same object as model.transformer.config
+    rows = model.config.padded_vocab_size
+    wte = model.transformer.wte
+    model.transformer.wte = nn.Embedding(rows, wte.embedding_dim, device=wte.weight.device,
+                                         dtype=wte.weight.dtype)  # fmt: skip
+    model.transformer.wte.weight.copy_(_grown(wte.weight, old, vocab_size, rows))
+    if isinstance(model.head, LMHead):
+        model.head.vocab_size = vocab_size
+        if not model.head.tied:
+            model.head.weight = nn.Parameter(_grown(model.head.weight, old, vocab_size, rows))
+
+
+def _grown(weight, old: int, new: int, rows: int):
+    """(rows, C): weight's first `old` rows, then their mean up to `new`, then zero padding."""
+    out = weight.new_zeros(rows, weight.shape[1])
+    out[:old] = weight[:old]
+    out[old:new] = weight[:old].mean(0)
+    return out
 
 
 def attach(model, head: dict | None, ft) -> int:
@@ -101,4 +131,5 @@ def _frozen_modules(model, freeze: str) -> list:
             "(the backbone's layers); e.g. first_n_layers:2"
         )
     t = model.transformer
-    return [t.wte, t.wpe, *t.h[: int(n_text)]]
+    embeddings = [t.wte, t.wpe] if hasattr(t, "wpe") else [t.wte]  # RoPE models have no wpe
+    return [*embeddings, *t.h[: int(n_text)]]
