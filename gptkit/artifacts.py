@@ -17,7 +17,7 @@ import safetensors.torch
 from gptkit.data.tokenizer import get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.model import hf
-from gptkit.model.gpt import GPT, GPTConfig
+from gptkit.model.gpt import GPT, GPTConfig, LMHead
 from gptkit.model.heads import build_head
 from gptkit.model.lora import inject, merge
 
@@ -102,6 +102,25 @@ def resolve(path, *, what: str = "", best: bool = False) -> Artifact:
     if best and p.resolve() != ckpt.resolve():
         ckpt = _best_checkpoint(ckpt)
     return Artifact(path=text, kind="checkpoint", dir=ckpt, meta=read_meta(ckpt))
+
+
+def load_language_model(path, *, device, dtype, use: str = "sample from"):
+    """(model in eval mode on device/dtype, tokenizer) of a model that generates text; a
+    fine-tuned task head or a tokenizer larger than the vocabulary is one clear error."""
+    art = resolve(path)
+    model = art.load_model(device).to(dtype)
+    if not isinstance(model.head, LMHead):
+        raise GptkitError(
+            f"{path} has a {type(model.head).__name__} head, not a language model head; "
+            f"{use} the pretrained run it was fine-tuned from"
+        )
+    tok = art.tokenizer()
+    if tok.vocab_size > model.config.vocab_size:
+        raise GptkitError(
+            f"{path}: tokenizer {tok.name} has {tok.vocab_size} ids but the model only "
+            f"{model.config.vocab_size}; its metadata names the wrong tokenizer"
+        )
+    return model, tok
 
 
 def load_model(path, device="cpu") -> GPT:

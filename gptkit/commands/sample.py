@@ -18,7 +18,6 @@ from gptkit import artifacts
 from gptkit.config import ConfigError, SampleConfig, build
 from gptkit.errors import GptkitError
 from gptkit.model.generate import generate
-from gptkit.model.gpt import LMHead
 from gptkit.train import runtime
 
 # SampleConfig field -> the flag that sets it, so messages name what the user typed.
@@ -109,19 +108,7 @@ def _load(path, device: str, dtype: str):
     # Decoding one token at a time on CPU: fp32 (bf16 SDPA is slower at short lengths there).
     cpu_auto = dtype == "auto" and dev.type == "cpu"
     dt = torch.float32 if cpu_auto else runtime.resolve_dtype(dtype, dev)
-    art = artifacts.resolve(path)
-    model = art.load_model(dev).to(dt)
-    if not isinstance(model.head, LMHead):
-        raise GptkitError(
-            f"{path} has a {type(model.head).__name__} head, not a language model head; "
-            "sample from the pretrained run it was fine-tuned from"
-        )
-    tok = art.tokenizer()
-    if tok.vocab_size > model.config.vocab_size:
-        raise GptkitError(
-            f"{path}: tokenizer {tok.name} has {tok.vocab_size} ids but the model only "
-            f"{model.config.vocab_size}; the checkpoint's meta.json names the wrong tokenizer"
-        )
+    model, tok = artifacts.load_language_model(path, device=dev, dtype=dt, use="sample from")
     return model, tok, dev
 
 

@@ -16,7 +16,6 @@ import torch
 
 from gptkit import artifacts
 from gptkit.errors import GptkitError
-from gptkit.model.gpt import LMHead
 from gptkit.serve.app import create_app
 from gptkit.serve.engine import Engine
 from gptkit.train import runtime
@@ -73,17 +72,5 @@ def load(path, device: str = "auto", dtype: str = "auto"):
     # one token per step on CPU: fp32 (bf16 SDPA is slower there at short lengths)
     cpu_auto = dtype == "auto" and dev.type == "cpu"
     dt = torch.float32 if cpu_auto else runtime.resolve_dtype(dtype, dev)
-    art = artifacts.resolve(path)
-    model = art.load_model(dev).to(dt)
-    if not isinstance(model.head, LMHead):
-        raise GptkitError(
-            f"{path} has a {type(model.head).__name__} head, not a language model head; "
-            "serve the pretrained run it was fine-tuned from"
-        )
-    tok = art.tokenizer()
-    if tok.vocab_size > model.config.vocab_size:
-        raise GptkitError(
-            f"{path}: tokenizer {tok.name} has {tok.vocab_size} ids but the model only "
-            f"{model.config.vocab_size}; its metadata names the wrong tokenizer"
-        )
+    model, tok = artifacts.load_language_model(path, device=dev, dtype=dt, use="serve")
     return model, tok
