@@ -7,13 +7,12 @@ for bit and gives the same losses on 2 gloo ranks as on 1.
 """
 
 import dataclasses
-import sys
 
 import pytest
 import test_generate
 import test_pretrain
 import torch
-from test_pretrain import config, free_port, losses, run_cli
+from test_pretrain import config, losses
 
 from gptkit.commands.pretrain import pretrain
 from gptkit.config import load_config
@@ -144,9 +143,7 @@ def test_family_two_gloo_ranks_equal_one_rank(tiny_data, tmp_path, family):
     pretrain(config(tiny_data, one, *common, "train.grad_accum=2"))
     two = tmp_path / "two"
     overrides = [*test_pretrain.TINY, *common, f"data.dir={tiny_data}", f"train.out_dir={two}"]
-    r = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                 f"--master_port={free_port()}", "-m", "gptkit", "pretrain", *overrides])  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    test_pretrain.torchrun(overrides)  # the same command under 2 gloo ranks
     a, b = losses(one), losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert all(abs(a[s] - b[s]) <= 1e-5 for s in a), (a, b)
