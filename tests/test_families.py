@@ -139,14 +139,7 @@ def test_family_trains_and_resumes_bit_for_bit(tiny_data, tmp_path, family):
 @pytest.mark.parametrize("family", ["llama", "modern"])
 def test_family_two_gloo_ranks_equal_one_rank(tiny_data, tmp_path, family):
     common = [*test_pretrain.DIST, f"model.family={family}", "model.n_head=2"]
-    one = tmp_path / "one"
-    pretrain(config(tiny_data, one, *common, "train.grad_accum=2"))
-    two = tmp_path / "two"
-    overrides = [*test_pretrain.TINY, *common, f"data.dir={tiny_data}", f"train.out_dir={two}"]
-    test_pretrain.torchrun(overrides)  # the same command under 2 gloo ranks
-    a, b = losses(one), losses(two)
-    assert sorted(a) == sorted(b) == list(range(1, 7))
-    assert all(abs(a[s] - b[s]) <= 1e-5 for s in a), (a, b)
+    test_pretrain.assert_two_ranks_equal_one(tiny_data, tmp_path, common)
 
 
 def test_head_dim_independent_of_width():

@@ -123,6 +123,17 @@ def test_two_gloo_ranks_equal_one_rank_with_same_global_batch(
     assert meta["step"] == 6 and model.config.n_layer == 2
 
 
+def assert_two_ranks_equal_one(data_dir, tmp_path, common):
+    """1 rank x grad_accum 2 and 2 gloo ranks x grad_accum 1 (the same global batch) log the
+    same train losses for steps 1..6 (`common` holds DIST's step settings)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    pretrain(config(data_dir, one, *common, "train.grad_accum=2"))
+    torchrun([*TINY, *common, f"data.dir={data_dir}", f"train.out_dir={two}"])
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(abs(a[s] - b[s]) <= 1e-5 for s in a), (a, b)
+
+
 def torchrun(overrides):
     r = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                  f"--master_port={free_port()}", "-m", "gptkit", "pretrain", *overrides])  # fmt: skip
