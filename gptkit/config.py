@@ -71,6 +71,8 @@ class TrainConfig:
     """sequences per micro-batch on each rank"""
     grad_accum: int = 1
     """micro-batches per optimizer step on each rank"""
+    global_batch_size: int | None = None
+    """sequences per optimizer step over all ranks (null = batch_size x grad_accum x ranks); when set, grad_accum is derived as global_batch_size / (batch_size x ranks), so a run resumed on another number of ranks keeps its global batch"""
     max_steps: int = 1000
     """optimizer steps to train for"""
     max_tokens: int | None = None
@@ -120,7 +122,9 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """autocast precision; auto = bf16 where it is fast, fp16 + GradScaler on old GPUs, else fp32"""
     compile: bool = False
-    """torch.compile the model"""
+    """torch.compile the model (CPU: a cold compile costs ~30 s; see README Benchmarks)"""
+    activation_checkpointing: Literal["none", "blocks"] = "none"
+    """blocks: keep only each block's input and recompute it in backward (less memory, ~10% slower)"""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """multi-process strategy under torchrun"""
     init_from: str | None = None
@@ -149,9 +153,8 @@ class TrainConfig:
         if not 0.0 <= self.muon_momentum_start <= self.muon_momentum < 1.0:
             problems.append("need 0 <= `train.muon_momentum_start` <= `train.muon_momentum` < 1")
         if not 0 <= self.min_lr <= self.lr:
-            problems.append(
-                f"`train.min_lr` ({self.min_lr}) must be in [0, `train.lr` ({self.lr})]"
-            )
+            problems.append(f"`train.min_lr` ({self.min_lr}) must be in "
+                            f"[0, `train.lr` ({self.lr})]")  # fmt: skip
         if self.warmup_steps > self.max_steps:
             problems.append(
                 f"`train.warmup_steps` ({self.warmup_steps}) is longer than `train.max_steps` "
@@ -161,6 +164,11 @@ class TrainConfig:
             problems.append(f"`train.decay_fraction` must be in (0, 1], got {self.decay_fraction}")
         if self.max_tokens is not None and self.max_tokens < 1:
             problems.append(f"`train.max_tokens` must be >= 1, got {self.max_tokens}")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            problems.append(f"`train.global_batch_size` must be >= 1, got {self.global_batch_size}")
+        if self.global_batch_size is not None and self.grad_accum != 1:
+            problems.append("Can't set both `train.global_batch_size` and `train.grad_accum` "
+                            "(derived from it); remove train.grad_accum")  # fmt: skip
         _raise_all(problems)
 
 

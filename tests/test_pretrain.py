@@ -1,4 +1,5 @@
-"""Pretraining: loss falls, exact resume, DDP (2 gloo ranks) == 1 rank, SIGTERM, wandb, guards."""
+"""Pretraining: loss falls, exact resume, DDP (2 gloo ranks) == 1 rank, global_batch_size across
+rank counts, SIGTERM, wandb, guards."""
 
 import json
 import os
@@ -13,10 +14,12 @@ import conftest
 import pytest
 import torch
 
-from gptkit import artifacts
+from gptkit import artifacts, cli
 from gptkit.commands.pretrain import pretrain
 from gptkit.config import load_config
+from gptkit.data.batches import ShardBatches
 from gptkit.errors import GptkitError
+from gptkit.train import checkpoint
 
 TINY = [*conftest.TINY, "train.warmup_steps=2", "train.lr=3e-3"]
 
@@ -151,6 +154,77 @@ def test_two_rank_resume_with_dropout_and_accumulation_is_exact(data_dir, tmp_pa
     assert sorted(b) == [5, 6, 7, 8]
     for step in b:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+
+
+@pytest.fixture(scope="module")
+def global_batch_dir(data_dir, tmp_path_factory):
+    """One process, train.global_batch_size 8 with batch_size 4: grad_accum 2 is derived."""
+    run = tmp_path_factory.mktemp("global")
+    pretrain(config(data_dir, run, *DIST, "train.global_batch_size=8"))
+    return run
+
+
+def test_global_batch_size_derives_grad_accum(global_batch_dir, one_rank_dir):
+    """global 8 / (batch 4 x 1 rank) = grad_accum 2: the explicit grad_accum=2 run, bit for bit;
+    config.yaml keeps the setting as given, the loader state the derived accumulation."""
+    assert losses(global_batch_dir) == losses(one_rank_dir)
+    assert val_losses(global_batch_dir) == val_losses(one_rank_dir)
+    saved = load_config(global_batch_dir / "config.yaml")  # loads again: not both keys set
+    assert (saved.train.global_batch_size, saved.train.grad_accum) == (8, 1)
+    state = checkpoint.read_state(artifacts.latest_checkpoint(global_batch_dir))
+    assert (state["loader"]["grad_accum"], state["loader"]["global_batch"]) == (2, 8)
+
+
+def test_global_batch_size_run_resumes_on_two_ranks(data_dir, tmp_path, global_batch_dir):
+    """Started on 1 process, interrupted at step 3, resumed under torchrun on 2 gloo ranks
+    (grad_accum 2 -> 1): the same data and losses as the uninterrupted 1-process run."""
+    two = tmp_path / "two"
+    mid = global_batch_dir / "checkpoints" / "step_000003"
+    torchrun([*TINY, *DIST, "train.global_batch_size=8", f"data.dir={data_dir}",
+              f"train.out_dir={two}", f"train.resume={mid}"])  # fmt: skip
+    a, b = losses(global_batch_dir), losses(two)
+    assert sorted(b) == [4, 5, 6]
+    assert all(b[s] == pytest.approx(a[s], rel=1e-5) for s in b), (a, b)
+    assert val_losses(two)[6] == pytest.approx(val_losses(global_batch_dir)[6], rel=1e-5)
+    state = checkpoint.read_state(artifacts.latest_checkpoint(two))
+    assert (state["loader"]["grad_accum"], state["loader"]["step"]) == (1, 6)
+
+
+def test_loader_continues_on_another_number_of_ranks(data_dir):
+    """The data position is per global step: 2 ranks x accum 1 pick up 1 rank x accum 2's
+    stream exactly; another global batch is refused, naming train.global_batch_size."""
+    common = dict(block_size=32, batch_size=2, seed=5)
+    one = ShardBatches(data_dir, "train", grad_accum=2, **common)
+    for _ in range(6):  # 3 steps
+        one.next_batch()
+    state = one.state_dict()
+    ranks = [ShardBatches(data_dir, "train", rank=r, world_size=2, **common) for r in (0, 1)]
+    for r in ranks:
+        r.load_state_dict(state)
+    for _ in range(3):
+        want = torch.cat([one.next_batch()[0] for _ in range(2)])
+        assert torch.equal(torch.cat([r.next_batch()[0] for r in ranks]), want)
+    bigger = ShardBatches(data_dir, "train", grad_accum=2, world_size=2, **common)
+    with pytest.raises(GptkitError, match="global batch of 4 .* train.global_batch_size=4 "):
+        bigger.load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["train.global_batch_size=6"], "global_batch_size=6 is not divisible by train.batch_size"),
+        (["train.global_batch_size=8", "train.grad_accum=2"],
+         "Can't set both `train.global_batch_size` and `train.grad_accum`"),
+        (["train.global_batch_size=0"], "`train.global_batch_size` must be >= 1"),
+    ],
+)  # fmt: skip
+def test_bad_global_batch_size_exits_2_with_one_line(data_dir, tmp_path, capsys, overrides,
+                                                     fragment):  # fmt: skip
+    argv = ["pretrain", *TINY, f"data.dir={data_dir}", f"train.out_dir={tmp_path}/r", *overrides]
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gptkit: error: ") and fragment in lines[0]
+    assert not (tmp_path / "r").exists()
 
 
 def test_sigterm_finishes_step_saves_and_exits_0(data_dir, tmp_path):

@@ -42,6 +42,7 @@ def finetune(cfg: Config) -> dict:
 
 
 def _finetune(cfg: Config, rt) -> dict:
+    train = runtime.resolve_grad_accum(cfg.train, rt)  # config.yaml keeps global_batch_size
     ft, run_dir = cfg.finetune, Path(cfg.train.out_dir)
     _check_out_dir(run_dir, ft.init_from)
     source = artifacts.resolve(ft.init_from, what="finetune.init_from")
@@ -64,7 +65,7 @@ def _finetune(cfg: Config, rt) -> dict:
         model.load_state_dict(artifacts.read_weights(ckpt / "model.safetensors"))
     model.to(rt.device)
     torch.manual_seed(cfg.train.seed + rt.rank)  # dropout differs per rank, init did not
-    wrapped = runtime.parallelize(model, rt, strategy=cfg.train.strategy, compile=cfg.train.compile)
+    wrapped = runtime.parallelize(model, rt, cfg.train)
     scale = (ft.head_lr or cfg.train.lr) / cfg.train.lr  # head lr relative to the backbone's
     optimizer = build_optimizer(
         runtime.unwrap(wrapped), cfg.train, device_type=rt.device.type, head_lr_scale=scale
@@ -82,7 +83,7 @@ def _finetune(cfg: Config, rt) -> dict:
     if rt.is_main:
         _announce(cfg, rt, model, trainable, kind=kind, sizes=(len(train_ex), len(val_ex)),
                   ckpt=ckpt)  # fmt: skip
-    last = fit(wrapped, optimizer, task, cfg=cfg.train, rt=rt, run_dir=run_dir, meta=meta,
+    last = fit(wrapped, optimizer, task, cfg=train, rt=rt, run_dir=run_dir, meta=meta,
                max_steps=cfg.train.max_steps, resume_from=ckpt, wandb_cfg=cfg.logging.wandb,
                patience=ft.early_stopping)  # fmt: skip
     if rt.is_main and last:

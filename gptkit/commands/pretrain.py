@@ -34,12 +34,16 @@ def pretrain(cfg: Config) -> dict:
 
 
 def _pretrain(cfg: Config, rt) -> dict:
+    train = runtime.resolve_grad_accum(cfg.train, rt)  # refuses an uneven global batch up front
     data_meta = read_data_meta(cfg)
     source = None
     if cfg.train.init_from:
         source, cfg = adapt.load_pretrain_source(cfg, data_meta["tokenizer"])
     cfg = resolve_vocab(cfg, data_meta)
     check_data(cfg, data_meta)
+    # config.yaml keeps the config as given (global_batch_size holds on any number of ranks);
+    # the loader, the step plan and fit() get grad_accum resolved for this one
+    run_cfg = dataclasses.replace(cfg, train=train)
     run_dir = Path(cfg.train.out_dir)
     ckpt = checkpoint.resume_checkpoint(cfg, run_dir, data_meta["tokenizer"])
     runtime.seed_everything(cfg.train.seed)
@@ -50,10 +54,10 @@ def _pretrain(cfg: Config, rt) -> dict:
         model.load_state_dict(source.state_dict())
     model.to(rt.device)
     torch.manual_seed(cfg.train.seed + rt.rank)  # dropout differs per rank, init did not
-    wrapped = runtime.parallelize(model, rt, strategy=cfg.train.strategy, compile=cfg.train.compile)
+    wrapped = runtime.parallelize(model, rt, cfg.train)
     optimizer = build_optimizer(runtime.unwrap(wrapped), cfg.train, device_type=rt.device.type)
-    task = lm_task(cfg, rt, model, data_meta)
-    max_steps = planned_steps(cfg, rt)
+    task = lm_task(run_cfg, rt, model, data_meta)
+    max_steps = planned_steps(run_cfg, rt)
     if rt.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,13 +67,13 @@ def _pretrain(cfg: Config, rt) -> dict:
                 f"cannot write the run dir {run_dir} ({e.strerror or e}); choose a writable "
                 "train.out_dir (a folder, not a file) with free space"
             ) from None
-        _announce(cfg, rt, model, max_steps, ckpt)
+        _announce(run_cfg, rt, model, max_steps, ckpt)
         if not (Path(cfg.data.dir) / META_NAME).is_file():  # a meta made from the files
             runtime.print0(
                 f"data: {data_meta['source']}, tokenizer {data_meta['tokenizer']['name']}"
             )
     meta = {"config": to_dict(cfg), "tokenizer": data_meta["tokenizer"], "head": {"name": "lm"}}
-    last = fit(wrapped, optimizer, task, cfg=cfg.train, rt=rt, run_dir=run_dir, meta=meta,
+    last = fit(wrapped, optimizer, task, cfg=train, rt=rt, run_dir=run_dir, meta=meta,
                max_steps=max_steps, resume_from=ckpt, wandb_cfg=cfg.logging.wandb)  # fmt: skip
     if rt.is_main:
         _summary(run_dir)
@@ -156,11 +160,12 @@ def planned_steps(cfg: Config, rt) -> int:
 
 def _announce(cfg, rt, model, max_steps, ckpt):
     t = cfg.train
-    per_step = t.batch_size * t.grad_accum * rt.world_size * cfg.model.block_size
+    seqs = t.batch_size * t.grad_accum * rt.world_size
     where = f"resuming from {ckpt}" if ckpt else "starting fresh"
     runtime.print0(
         f"gptkit pretrain: {model.num_params() / 1e6:.2f}M params | {rt.device} "
-        f"{str(rt.dtype).replace('torch.', '')} x{rt.world_size} | {per_step:,} tokens/step | "
+        f"{str(rt.dtype).replace('torch.', '')} x{rt.world_size} | {seqs} seqs "
+        f"(grad_accum {t.grad_accum}) = {seqs * cfg.model.block_size:,} tokens/step | "
         f"{max_steps} steps | {where} | run dir {t.out_dir}"
     )
 

@@ -158,7 +158,15 @@ class ShardBatches:
 
     def load_state_dict(self, state: dict):
         """Continue from a `state_dict()`; the batch geometry must match the saved one."""
-        for key in ("sampling", "block_size", "global_batch", "packing"):
+        if state["global_batch"] != self.global_batch:  # e.g. resumed on another number of ranks
+            raise GptkitError(
+                f"the saved data position was made with a global batch of {state['global_batch']}"
+                f" sequences per step but this run's is {self.global_batch} (batch_size "
+                f"{self.batch_size} x grad_accum {self.grad_accum} x {self.world_size} ranks); set "
+                f"train.global_batch_size={state['global_batch']} (grad_accum then follows the "
+                "number of ranks) or start a new run"
+            )
+        for key in ("sampling", "block_size", "packing"):
             if state.get(key, "none") != getattr(self, key):
                 raise GptkitError(
                     f"the saved data position was made with {key}={state[key]!r} but this run "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -105,6 +105,23 @@ def cleanup(rt: Runtime):
         dist.destroy_process_group()
 
 
+def resolve_grad_accum(train, rt: Runtime):
+    """`train` (TrainConfig) with grad_accum derived from `train.global_batch_size` and the number
+    of ranks, global_batch_size then null (as given when it is null already); refuses a global
+    batch that does not split into batch_size x ranks x grad_accum."""
+    total = train.global_batch_size
+    if total is None:
+        return train
+    per_micro = train.batch_size * rt.world_size  # sequences in one micro-step of all ranks
+    if total % per_micro:
+        raise GptkitError(
+            f"train.global_batch_size={total} is not divisible by train.batch_size x ranks = "
+            f"{train.batch_size} x {rt.world_size} = {per_micro}; set global_batch_size to a "
+            f"multiple of {per_micro} or choose another train.batch_size"
+        )
+    return replace(train, grad_accum=total // per_micro, global_batch_size=None)
+
+
 def autocast(rt: Runtime):
     """Mixed-precision context for forward passes (no-op in fp32)."""
     if rt.dtype == torch.float32:
@@ -112,9 +129,11 @@ def autocast(rt: Runtime):
     return torch.autocast(device_type=rt.device.type, dtype=rt.dtype)
 
 
-def parallelize(model: torch.nn.Module, rt: Runtime, *, strategy: str, compile: bool):
-    """Wrap a plain model for training: FSDP2/DDP under torchrun, then torch.compile."""
-    if rt.distributed and strategy == "fsdp":
+def parallelize(model: torch.nn.Module, rt: Runtime, train):
+    """Wrap a plain model for training as `train` (TrainConfig) asks: activation checkpointing,
+    FSDP2/DDP under torchrun, then torch.compile."""
+    model.transformer.checkpoint_blocks = train.activation_checkpointing == "blocks"
+    if rt.distributed and train.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
         for block in model.transformer.h:
@@ -125,7 +144,7 @@ def parallelize(model: torch.nn.Module, rt: Runtime, *, strategy: str, compile: 
 
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         model = DDP(model, device_ids=ids)
-    if compile:
+    if train.compile:
         model = torch.compile(model)
     return model
 
