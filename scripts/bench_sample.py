@@ -2,6 +2,8 @@
 
     python scripts/bench_sample.py                      # 6L/384/6h, block 1024, 512 new tokens
     python scripts/bench_sample.py --new-tokens 32      # quick check
+    python scripts/bench_sample.py --block-size 256 --vocab-size 65 --new-tokens 500 \
+        --batch-sizes 1                                 # nanoGPT's baby GPT (char)
 
 The baseline is nanoGPT's `generate`: crop to block_size, full forward, LM head on the last
 position only. Random fp32 weights, one-token prompt. Run it alone: numbers taken on shared cores
@@ -18,6 +20,7 @@ import time
 
 import torch
 
+from gptkit.model import fused
 from gptkit.model.generate import generate, sample_next
 from gptkit.model.gpt import GPT, GPTConfig
 
@@ -40,6 +43,28 @@ def cached(model: GPT, idx: torch.Tensor, new_tokens: int, generator) -> torch.T
         generate(model, idx, max_new_tokens=new_tokens, temperature=1.0, generator=generator)
     )
     return torch.cat([idx, torch.stack(cols, dim=1)], dim=1)
+
+
+def plain_linear(model, idx, new_tokens, generator):
+    """gptkit's cached generate with every Linear through F.linear (BLAS's one-thread GEMV)."""
+    fast = fused.linear
+    fused.linear = lambda layer, x: layer(x)
+    try:
+        return cached(model, idx, new_tokens, generator)
+    finally:
+        fused.linear = fast
+
+
+def weight_read_floor(model: GPT) -> tuple[float, float]:
+    """(bytes of the weights one decode step reads, seconds to read them once: a `sum` over a
+    copy laid out in one buffer, the best of 20)."""
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    best = float("inf")
+    for _ in range(20):
+        t = time.perf_counter()
+        flat.sum()
+        best = min(best, time.perf_counter() - t)
+    return flat.numel() * flat.element_size(), best
 
 
 def tokens_per_second(fn, model, batch: int, new_tokens: int) -> float:
@@ -90,12 +115,20 @@ def main(argv=None):
         f"vocab {args.vocab_size}, {model.num_params() / 1e6:.1f}M params, fp32, "
         f"{args.new_tokens} new tokens from a 1-token prompt\n"
     )
-    print("| batch | KV cache tok/s | full recompute tok/s | speed-up |")
-    print("|---:|---:|---:|---:|")
+    size, seconds = weight_read_floor(model)
+    print(
+        f"weights: {size / 1e6:.0f} MB, read once in {seconds * 1e3:.2f} ms "
+        f"({size / seconds / 1e9:.1f} GB/s): at most {1 / seconds:,.0f} tok/s at batch 1\n"
+    )
+    print("| batch | KV cache tok/s | KV cache, F.linear GEMV tok/s | full recompute tok/s "
+          "| vs F.linear | vs recompute |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         fast = tokens_per_second(cached, model, batch, args.new_tokens)
+        plain = tokens_per_second(plain_linear, model, batch, args.new_tokens)
         slow = tokens_per_second(recompute, model, batch, args.new_tokens)
-        print(f"| {batch} | {fast:,.1f} | {slow:,.1f} | {fast / slow:.1f}x |", flush=True)
+        print(f"| {batch} | {fast:,.1f} | {plain:,.1f} | {slow:,.1f} | {fast / plain:.2f}x | "
+              f"{fast / slow:.1f}x |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

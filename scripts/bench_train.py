@@ -1,28 +1,41 @@
-"""Training throughput of the baby GPT on this machine: fp32 vs bf16 autocast, compile on/off.
+"""Training speed and memory of nanoGPT's baby GPT: gptkit's settings side by side with nanoGPT.
 
-    python scripts/bench_train.py [--steps 3] [--batch-size 64]
+    python scripts/bench_train.py [--steps 3] [--nanogpt PATH/TO/nanoGPT/model.py]
 
-Prints a markdown table: tokens/s, ms/step, achieved model GFLOP/s, MFU against the measured
-fp32 and bf16 matmul peaks (measured in the same run). Run it alone: 2 shared cores make any
-number taken beside another job meaningless.
+The baby GPT of nanoGPT's `config/train_shakespeare_char.py`: 6 layers, 6 heads, 384 wide, block
+256, batch 64, char vocab (65), dropout 0.2, AdamW, fp32. Each setting runs in its own process
+(so its peak RSS is its own): one warm-up step (compile happens there), then the median of
+`--steps` timed steps. Reports tokens/s, ms/step, model GFLOP/s with nanoGPT's formula
+(6N + 12·L·C·T per token), that as a fraction of the fp32 matmul peak measured in the same run
+(before and after), and peak RSS. With `--nanogpt`, nanoGPT's own `model.py` (a checkout's
+file; its optimizer from `configure_optimizers`) runs the same batches. Run it alone: numbers
+taken while anything else uses the cores are meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 
 import torch
 
-from gptkit.config import TrainConfig
-from gptkit.model.gpt import GPT, GPTConfig
-from gptkit.train.optim import build_optimizer
-from gptkit.train.tasks import lm_loss
+BABY = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
+SETTINGS = {
+    "nanogpt": "nanoGPT `model.py`, eager",
+    "eager": "gptkit, eager (default)",
+    "compile": "gptkit, `train.compile: true`",
+    "checkpoint": "gptkit, `train.activation_checkpointing: blocks`",
+}
 
 
-def matmul_peak(dtype, n=2048, reps=10) -> float:
+def matmul_peak(dtype=torch.float32, n=2048, reps=10) -> float:
     """FLOP/s of a square matmul in `dtype` (best of `reps`)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
@@ -34,22 +47,43 @@ def matmul_peak(dtype, n=2048, reps=10) -> float:
     return 2 * n**3 / best
 
 
-def train_speed(dtype, compile_, args) -> dict:
-    torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, pad_vocab_to=64)
+def build(setting: str, args):
+    """(model, optimizer, loss_fn, flops_per_token) for one setting."""
+    if setting == "nanogpt":
+        spec = importlib.util.spec_from_file_location("nanogpt_model", args.nanogpt)
+        nano = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(nano)
+        model = nano.GPT(nano.GPTConfig(**BABY, dropout=args.dropout, bias=True))
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+        n = model.get_num_params()
+        return model, opt, lambda x, y: model(x, y)[1], 6 * n + 12 * 6 * 384 * 256
+    from gptkit.config import TrainConfig
+    from gptkit.model.gpt import GPT, GPTConfig
+    from gptkit.train.optim import build_optimizer
+    from gptkit.train.tasks import lm_loss
+
+    cfg = GPTConfig(**BABY, pad_vocab_to=1, dropout=args.dropout,
+                    )  # fmt: skip
     model = GPT(cfg)
-    opt = build_optimizer(model, TrainConfig(), device_type="cpu")
-    step_model = torch.compile(model) if compile_ else model
+    model.transformer.checkpoint_blocks = setting == "checkpoint"
+    opt = build_optimizer(model, TrainConfig(beta2=0.99), device_type="cpu")
+    step_model = torch.compile(model) if setting == "compile" else model
+    return model, opt, lambda x, y: lm_loss(step_model, (x, y)), model.flops_per_token(256)
+
+
+def run_one(setting: str, args) -> dict:
+    torch.manual_seed(0)
+    model, opt, loss_fn, flops_per_token = build(setting, args)
+    model.train()
     x = torch.randint(0, 65, (args.batch_size, 256))
     y = torch.randint(0, 65, (args.batch_size, 256))
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else _Null()
 
     def step():
-        with ctx:
-            loss = lm_loss(step_model, (x, y))
+        loss = loss_fn(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.item()
 
     t = time.perf_counter()
     for _ in range(args.warmup):
@@ -62,15 +96,8 @@ def train_speed(dtype, compile_, args) -> dict:
         times.append(time.perf_counter() - t)
     dt = sorted(times)[len(times) // 2]  # median step
     tps = args.batch_size * 256 / dt
-    return {"tps": tps, "ms": 1000 * dt, "flops": tps * model.flops_per_token(256), "warm": warm}
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux: KiB)
+    return {"tps": tps, "ms": 1000 * dt, "flops": tps * flops_per_token, "warm": warm, "rss": rss}
 
 
 def main():
@@ -78,32 +105,39 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps (compile happens here)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--nanogpt", help="path to nanoGPT's model.py, to run it side by side")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     args = ap.parse_args()
-    p32 = matmul_peak(torch.float32)
-    p16 = matmul_peak(torch.bfloat16, n=256, reps=1)  # a quick probe: very slow without bf16 units
-    if p16 > p32 / 2:
-        p16 = matmul_peak(torch.bfloat16)
-    print(f"command: python scripts/bench_train.py --steps {args.steps} --batch-size "
-          f"{args.batch_size}")  # fmt: skip
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    settings = [s for s in args.settings.split(",") if s != "nanogpt" or args.nanogpt]
+    peak = matmul_peak()
+    results = {}
+    for s in settings:
+        cmd = [sys.executable, __file__, "--one", s, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"setting {s} failed:\n{out.stderr[-2000:]}")
+        results[s] = json.loads(out.stdout.strip().splitlines()[-1])
+    peak_after = matmul_peak()
+    print(f"command: `python scripts/bench_train.py {' '.join(sys.argv[1:])}`  ")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
-    print(f"matmul peak: fp32 {p32 / 1e9:.0f} GFLOP/s, bf16 {p16 / 1e9:.0f} GFLOP/s\n")
-    print(
-        "| dtype | compile | tokens/s | ms/step | model GFLOP/s | x fp32 peak | MFU (own dtype) |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for dtype in ("fp32", "bf16"):
-        if dtype == "bf16" and p16 < p32 / 2:
-            print(f"| bf16 | - | skipped: this CPU multiplies bf16 at {p16 / 1e9:.1f} GFLOP/s "
-                  "(no AVX512-BF16/AMX); gptkit's dtype auto picks fp32 here | | | | |")  # fmt: skip
-            continue
-        for compile_ in (False, True):
-            r = train_speed(dtype, compile_, args)
-            peak = p32 if dtype == "fp32" else p16
-            print(f"| {dtype} | {'on' if compile_ else 'off'} | {r['tps']:,.0f} | {r['ms']:.0f} | "
-                  f"{r['flops'] / 1e9:.0f} | {r['flops'] / p32:.2f} | {r['flops'] / peak:.0%} |",
-                  flush=True)  # fmt: skip
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}  ")  # fmt: skip
+    print(f"fp32 matmul peak (2048³): {peak / 1e9:.0f} GFLOP/s before, "
+          f"{peak_after / 1e9:.0f} after\n")  # fmt: skip
+    base = results.get("nanogpt", results.get("eager"))
+    print("| setting | tokens/s | ms/step | model GFLOP/s | × fp32 peak | peak RSS | "
+          "× speed | × RSS | warm-up s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s, r in results.items():
+        print(f"| {SETTINGS[s]} | {r['tps']:,.0f} | {r['ms']:,.0f} | {r['flops'] / 1e9:.0f} | "
+              f"{r['flops'] / max(peak, peak_after):.2f} | {r['rss'] / 2**30:.2f} GiB | "
+              f"{r['tps'] / base['tps']:.2f} | {r['rss'] / base['rss']:.2f} | "
+              f"{r['warm']:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

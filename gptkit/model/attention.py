@@ -8,9 +8,9 @@ prompts of different lengths (left-padded) share one cache and decode together.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from gptkit.model import fused
 from gptkit.model.config import GPTConfig
 
 
@@ -68,12 +68,14 @@ class CausalSelfAttention(nn.Module):
             self.k_norm = nn.RMSNorm(
                 self.hs, eps=config.norm_eps, elementwise_affine=config.norm_gain
             )
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = fused.Dropout(config.dropout)
         self.dropout = config.dropout
 
     def forward(self, x, *, mask=None, rope=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
-        q, k, v = self.c_attn(x).split([self.n_head * self.hs, *[self.n_kv_head * self.hs] * 2], 2)
+        q, k, v = fused.linear(self.c_attn, x).split(
+            [self.n_head * self.hs, *[self.n_kv_head * self.hs] * 2], 2
+        )
         q = q.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)
@@ -97,12 +99,10 @@ class CausalSelfAttention(nn.Module):
         if self.n_kv_head != self.n_head:  # each key/value head serves n_head / n_kv_head queries
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
-        )
+        y = fused.attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=self.dropout,
+                            training=self.training)  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, nh, T, hs) -> (B, T, nh * hs)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(fused.linear(self.c_proj, y))
 
 
 def cached_padding(cache: KVCache, attention_mask, B: int, T: int):

@@ -95,8 +95,10 @@ def generate(
     logits = _forward(model, cache, seq[:, start:T0], keep[:, start:T0])
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for n in range(T0, T0 + max_new_tokens):
-        # padding is not "seen" text: stand the row's newest token in for it (a repeat is harmless)
-        seen = torch.where(keep[:, :n], seq[:, :n], seq[:, n - 1 : n])
+        seen = None
+        if repetition_penalty != 1.0:
+            # padding is not "seen" text: the row's newest token stands in (a repeat is harmless)
+            seen = torch.where(keep[:, :n], seq[:, :n], seq[:, n - 1 : n])
         tok = sample_next(logits, repetition_penalty=repetition_penalty, seen=seen, **filters)
         if eot_id is not None:
             tok = tok.masked_fill(finished, eot_id)

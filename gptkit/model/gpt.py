@@ -14,7 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from gptkit.model import fused
 from gptkit.model.attention import (  # noqa: F401 - KVCache is part of this module's API
     CausalSelfAttention,
     KVCache,
@@ -48,16 +50,17 @@ class MLP(nn.Module):
         if self.kind == "swiglu":
             self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
         self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = fused.Dropout(config.dropout)
 
     def forward(self, x):
+        h = fused.linear(self.c_fc, x)
         if self.kind == "swiglu":
-            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+            h = F.silu(fused.linear(self.c_gate, x)) * h
         elif self.kind == "relu2":
-            h = F.relu(self.c_fc(x)).square()
+            h = F.relu(h).square()
         else:
-            h = F.gelu(self.c_fc(x), approximate="tanh")
-        return self.dropout(self.c_proj(h))
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(fused.linear(self.c_proj, h))
 
 
 class Block(nn.Module):
@@ -82,9 +85,13 @@ class Backbone(nn.Module):
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         if config.pos_emb == "learned":
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = fused.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = norm_layer(config, config.n_embd)
+        # Activation checkpointing (train.activation_checkpointing: blocks): keep only each
+        # block's input in training and recompute the block in backward. Dropout masks repeat
+        # exactly (checkpoint restores the RNG state), so the gradients are the same.
+        self.checkpoint_blocks = False
 
     def forward(self, idx, *, attention_mask=None, segments=None, cache: KVCache | None = None):
         """idx (B, T) token ids -> hidden states (B, T, C). attention_mask (B, T): 1 = real
@@ -114,8 +121,12 @@ class Backbone(nn.Module):
         else:
             rope = rope_cos_sin(pos, self.config, x.dtype)
         x = self.drop(x)
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            x = block(x, mask=mask, rope=rope, cache=cache, layer=i)
+            if recompute:
+                x = checkpoint(block, x, mask=mask, rope=rope, use_reentrant=False)
+            else:
+                x = block(x, mask=mask, rope=rope, cache=cache, layer=i)
         if cache is not None:
             cache.pos += T
         return self.ln_f(x)
