@@ -23,12 +23,16 @@ from gptkit.train.checkpoint import write_text_atomic
 
 # Dense bf16 peak FLOP/s by GPU name fragment (no sparsity); first match wins.
 PEAK_FLOPS = [
+    ("B200", 2250e12),
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
     ("H100", 989e12),
     ("A100", 312e12),
     ("A10G", 125e12),
+    ("A10", 125e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
     ("RTX 4090", 165e12),
     ("RTX 3090", 71e12),
