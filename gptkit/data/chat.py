@@ -22,6 +22,12 @@ ROLES = ("system", "user", "assistant")
 # special tokens that end a turn in the usual templates (ChatML, Llama 3, Phi 3, Gemma)
 END_OF_TURN = (IM_END, "<|eot_id|>", "<|end|>", "<end_of_turn>")
 _MARK = re.compile("\x00(\\d+)\x00")  # stands in for message j's content inside a template
+# The ChatML rendering of `_chatml` as an HF chat template (what `gptkit export` writes)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def specials(tok) -> dict[str, int]:
@@ -45,6 +51,14 @@ def with_chat_tokens(spec: dict) -> dict:
 def has_chat(tok) -> bool:
     """True if `tok` can render a conversation: its own template, or the ChatML tokens."""
     return _template(tok) is not None or {IM_START, IM_END} <= specials(tok).keys()
+
+
+def jinja_template(tok) -> str | None:
+    """The chat template of `tok` as Jinja for an HF tokenizer_config.json: its own, else ChatML
+    when it has the ChatML tokens, else None."""
+    if _template(tok) is not None:
+        return _template(tok)
+    return CHATML_TEMPLATE if {IM_START, IM_END} <= specials(tok).keys() else None
 
 
 def stop_ids(tok) -> list[int]:

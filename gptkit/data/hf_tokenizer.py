@@ -3,6 +3,7 @@
 `from_path("models/x")` (a tokenizer.json, or a folder holding one and maybe tokenizer_config.json)
 and `train_bpe(texts, 8192)` return a `JsonTokenizer`, whose spec embeds the whole tokenizer.json:
 every meta.json, checkpoint and export carries its tokenizer, and `from_spec` rebuilds it.
+`from_ranks` / `from_chars` write the tiktoken, byte and char tokenizers as tokenizer.json (export).
 Special-token strings inside a text are plain text (as with tiktoken), never special ids.
 Imports nothing of gptkit but gptkit.errors; `tokenizers` is imported only when used.
 """
@@ -159,6 +160,47 @@ def same_bpe(tok: JsonTokenizer, vocab_json: Path, merges_txt: Path) -> bool:
         and model.get("vocab") == json.loads(vocab_json.read_text(encoding="utf-8"))
         and merges == merges_txt.read_text(encoding="utf-8").split("\n")[1:-1]
     )
+
+
+def from_ranks(ranks: dict[bytes, int], pattern: str | None = None) -> str:
+    """tokenizer.json text of the byte-level BPE that tiktoken-style `ranks` (token bytes -> id)
+    define, as transformers converts tiktoken models: every split of a token into two tokens is
+    a merge, in rank order, and a whole pre-token in the vocabulary is one id. `pattern` splits
+    the text first (tiktoken's regex); None leaves it whole (the byte tokenizer)."""
+    tk, char = _tokenizers(), _byte_chars()
+
+    def text(b: bytes) -> str:
+        return "".join(char[x] for x in b)
+
+    merges = []
+    for token, rank in ranks.items():
+        for i in range(1, len(token)):
+            left, right = ranks.get(token[:i]), ranks.get(token[i:])
+            if left is not None and right is not None:
+                merges.append(((rank, left, right), (text(token[:i]), text(token[i:]))))
+    vocab = {text(b): i for b, i in ranks.items()}
+    model = tk.models.BPE(vocab, [m for _, m in sorted(merges)], ignore_merges=True)
+    tok = tk.Tokenizer(model)
+    byte_level = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    split = [tk.pre_tokenizers.Split(tk.Regex(pattern), behavior="isolated")] if pattern else []
+    tok.pre_tokenizer = tk.pre_tokenizers.Sequence([*split, byte_level])
+    tok.decoder = tk.decoders.ByteLevel()
+    return tok.to_str()
+
+
+def from_chars(chars: str) -> str:
+    """tokenizer.json text giving the i-th of `chars` id i (gptkit's char tokenizer)."""
+    tk = _tokenizers()
+    tok = tk.Tokenizer(tk.models.BPE({c: i for i, c in enumerate(chars)}, [], ignore_merges=True))
+    tok.decoder = tk.decoders.Fuse()  # concatenate: no spaces between the characters
+    return tok.to_str()
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's printable stand-in character of each byte (what ByteLevel pre-tokenizers emit)."""
+    keep = {*range(33, 127), *range(161, 173), *range(174, 256)}
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
 
 def _pieces(texts: Iterable[str]) -> Iterator[str]:

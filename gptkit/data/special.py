@@ -3,12 +3,14 @@
 `WithSpecial(base, {"<|im_start|>": 257, "<|im_end|>": 258})` wraps any tokenizer kind (byte,
 char, tiktoken, tokenizer.json): text still encodes through `base` alone, so a special token's
 string typed in a text stays ordinary tokens; only code that asks for the id by name
-(`data/chat.py`) ever emits one. Decoding maps the ids back to their strings. The spec records
-them under "added_tokens" and `tokenizer.from_spec` rebuilds the wrapper. Imports nothing of gptkit.
+(`data/chat.py`) ever emits one. The spec records them under "added_tokens", `tokenizer.from_spec`
+rebuilds the wrapper, `add_to_json` writes them into an exported tokenizer.json. Imports nothing of
+gptkit.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 
@@ -55,3 +57,16 @@ def split_spec(spec: dict) -> tuple[dict, dict]:
     added = {str(t): int(i) for t, i in spec["added_tokens"].items()}
     base = {k: v for k, v in spec.items() if k != "added_tokens"}
     return {**base, "vocab_size": min(added.values())}, added  # ids follow the base vocabulary
+
+
+def add_to_json(text: str, added: dict[str, int]) -> str:
+    """tokenizer.json `text` with `added` (string -> id) among its special added tokens, so a
+    Hugging Face tokenizer reads each string in a text as that one id."""
+    if not added:
+        return text
+    data = json.loads(text)
+    kept = [t for t in data.get("added_tokens") or [] if t["content"] not in added]
+    new = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": True} for t, i in added.items()]  # fmt: skip
+    data["added_tokens"] = sorted(kept + new, key=lambda t: t["id"])
+    return json.dumps(data, ensure_ascii=False)
