@@ -77,6 +77,8 @@ def test_llmc_shards_train_and_eval_without_meta_json(tmp_path, gpt2_ids, capsys
     assert last["val_loss"] < 11.0  # ln(50257) = 10.8 at init; it trained, on GPT-2 ids
     scores = evaluate(run, data=str(data), max_batches=2, batch_size=2, device="cpu")
     assert scores["tokens"] == 2 * 2 * 32 and math.isfinite(scores["loss"])
+    # without --data, a run is scored on the folder it trained on, meta.json or not
+    assert evaluate(run, max_batches=2, batch_size=2, device="cpu")["loss"] == scores["loss"]
 
 
 def test_uint32_shards_need_data_tokenizer(tmp_path, gpt2_ids):
@@ -100,6 +102,9 @@ def test_nanogpt_bins_need_a_tokenizer_and_meta_pkl_is_never_loaded(tmp_path, na
     assert "gptkit never loads" in msg and "data.tokenizer" in msg and "gptkit prepare" in msg
     last = pretrain(config(nanogpt_dir, tmp_path / "run", "data.tokenizer=gpt2"))
     assert last["val_loss"] < 11.0
+    # eval finds the run's data and takes the tokenizer from the model (never from meta.pkl)
+    scores = evaluate(tmp_path / "run", max_batches=2, batch_size=2, device="cpu")
+    assert math.isfinite(scores["loss"])
     size = (nanogpt_dir / "train.bin").stat().st_size
     assert read_data_meta(config(nanogpt_dir, tmp_path / "r", "data.tokenizer=gpt2"))["splits"][
         "train"]["tokens"] == size // 2  # fmt: skip

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from gptkit import artifacts
 from gptkit.data.batches import ShardBatches
-from gptkit.data.shards import META_NAME
 from gptkit.data.shards import read_meta as read_data_meta
 from gptkit.errors import GptkitError
 from gptkit.evaluation import choices, generation, metrics, report
@@ -129,7 +128,8 @@ def _check_lm(art, data):
 def _run_data_dir(ckpt: Path, meta: dict) -> str:
     """The data.dir the run was trained on, if it is still there."""
     data = meta["config"].get("data", {}).get("dir")
-    if data is None or not (Path(data) / META_NAME).is_file():
+    # a prepared folder, or llm.c / nanoGPT files without a meta.json (read_meta scans those)
+    if data is None or not Path(data).is_dir():
         raise GptkitError(
             f"the data this model was trained on ({data}, from {ckpt}/meta.json) is not there; "
             "pass --data DIR (a folder written by 'gptkit prepare' with the same tokenizer)"
@@ -139,7 +139,7 @@ def _run_data_dir(ckpt: Path, meta: dict) -> str:
 
 def _check_data(data, split: str, tok_spec: dict | None) -> dict:
     """The data dir's meta.json, after checking the split exists and the tokenizer matches."""
-    data_meta = read_data_meta(data)
+    data_meta = read_data_meta(data, tok_spec)  # tok_spec: for files that carry no tokenizer
     theirs = data_meta.get("tokenizer", {})
     if tok_spec is not None and theirs != tok_spec:
         raise GptkitError(
