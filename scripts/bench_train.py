@@ -29,6 +29,7 @@ import torch
 BABY = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
 SETTINGS = {
     "nanogpt": "nanoGPT `model.py`, eager",
+    "before": "gptkit at `--before` (another checkout), eager",
     "eager": "gptkit, eager (default)",
     "compile": "gptkit, `train.compile: true`",
     "checkpoint": "gptkit, `train.activation_checkpointing: blocks`",
@@ -107,18 +108,24 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--nanogpt", help="path to nanoGPT's model.py, to run it side by side")
+    ap.add_argument("--before", help="a gptkit checkout (e.g. a git worktree of an older "
+                    "commit) to run side by side as 'before'")  # fmt: skip
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
-    settings = [s for s in args.settings.split(",") if s != "nanogpt" or args.nanogpt]
+    wanted = [s for s in args.settings.split(",")]
+    settings = [s for s in wanted if {"nanogpt": args.nanogpt, "before": args.before}.get(s, 1)]
     peak = matmul_peak()
     results = {}
     for s in settings:
         cmd = [sys.executable, __file__, "--one", s, *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if s == "before":  # that checkout's gptkit shadows this one
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.before, env.get("PYTHONPATH")]))
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(f"setting {s} failed:\n{out.stderr[-2000:]}")
         results[s] = json.loads(out.stdout.strip().splitlines()[-1])
