@@ -1,10 +1,14 @@
 """Synthetic chat data for the application recipes (README "Applications"): offline, seeded.
 
-    python scripts/make_chat_data.py all --out data/chat      # or: translation | extraction | dialogue
-writes OUT/RECIPE_train.jsonl and OUT/RECIPE_val.jsonl, one `messages` row per line:
+    python scripts/make_chat_data.py all --out data/chat      # or one recipe: translation | ...
+writes OUT/RECIPE_train.jsonl and OUT/RECIPE_val.jsonl, one `messages` row per line (but one
+`tokens`/`labels` row for extraction_tokens):
 - translation: a number in English words -> the same number in French words (0..999); the val
   numbers never appear in training, so exact match measures generalisation, not recall;
 - extraction: a sentence -> JSON {"name", "date", "city", "amount"}; val names are unseen;
+- extraction_tokens: the same sentences (same seed and split) as token-classification rows,
+  {"tokens": words, "labels": BIO tags} (B-NAME, I-NAME, ..., O); punctuation is a word of its own,
+  so each field's words are exactly its value (configs/extraction_tokens.yaml, score_tokens.py);
 - dialogue: "I am NAME." ... a small sum ... "my name?" -> NAME; val names are unseen, so the last
   reply is right only if the model reads the first turn of the history.
 Rows fit a 128-token byte-level context (configs/demo.yaml's backbone) with the ChatML tokens.
@@ -30,7 +34,8 @@ SENTENCES = [
     "{city}, {date}: {name} paid {amount}.",
     "In {city} {name} paid {amount} on {date}.",
 ]
-RECIPES = ("translation", "extraction", "dialogue")
+RECIPES = ("translation", "extraction", "extraction_tokens", "dialogue")
+PUNCTUATION = ".,:"  # split off the end of a word: "{date}," -> "{date}" ","
 
 
 def english(n: int) -> str:
@@ -82,19 +87,56 @@ def translation(rng: random.Random, n_val: int) -> tuple[list, list]:
     return rows[n_val:], rows[:n_val]
 
 
-def extraction(rng: random.Random, n_val: int) -> tuple[list, list]:
+def _extraction_rows(rng: random.Random, n_val: int) -> tuple[list, list]:
+    """(train, val) lists of (sentence template, fields); val names are never seen in training."""
     names = _names(rng, 2000)  # more names than rows: copied from the sentence, not memorised
     rng.shuffle(names)
-    split = {"train": names[100:], "val": names[:100]}  # val names are never seen in training
+    split = {"train": names[100:], "val": names[:100]}
 
     def row(pool):
         fields = {"name": rng.choice(pool), "date": f"2024-{rng.randint(1, 12):02d}-"
                   f"{rng.randint(1, 28):02d}", "city": rng.choice(CITIES),
                   "amount": str(rng.randint(1, 999))}  # fmt: skip
-        answer = json.dumps(fields, separators=(",", ":"))
-        return _turns((rng.choice(SENTENCES).format(**fields), answer))
+        return rng.choice(SENTENCES), fields
 
     return [row(split["train"]) for _ in range(1500)], [row(split["val"]) for _ in range(n_val)]
+
+
+def extraction(rng: random.Random, n_val: int) -> tuple[list, list]:
+    def chat(template: str, fields: dict) -> dict:
+        answer = json.dumps(fields, separators=(",", ":"))
+        return _turns((template.format(**fields), answer))
+
+    train, val = _extraction_rows(rng, n_val)
+    return [chat(*r) for r in train], [chat(*r) for r in val]
+
+
+def words(text: str) -> list[str]:
+    """Space-separated words with trailing punctuation split off: "Oslo, on" -> Oslo , on."""
+    out = []
+    for chunk in text.split():
+        stripped = chunk.rstrip(PUNCTUATION)
+        out += ([stripped] if stripped else []) + list(chunk[len(stripped) :])
+    return out
+
+
+def tagged(template: str, fields: dict) -> dict:
+    """A token-classification row: the template's words, each {field} spelled out with BIO tags."""
+    tokens, labels = [], []
+    for word in words(template):
+        if not (word.startswith("{") and word.endswith("}")):
+            tokens.append(word)
+            labels.append("O")
+            continue
+        key, value = word[1:-1].upper(), words(fields[word[1:-1]])
+        tokens += value
+        labels += [f"B-{key}"] + [f"I-{key}"] * (len(value) - 1)  # one span per field
+    return {"tokens": tokens, "labels": labels}
+
+
+def extraction_tokens(rng: random.Random, n_val: int) -> tuple[list, list]:
+    train, val = _extraction_rows(rng, n_val)  # the rng draws of extraction(): same sentences
+    return [tagged(*r) for r in train], [tagged(*r) for r in val]
 
 
 def dialogue(rng: random.Random, n_val: int) -> tuple[list, list]:
@@ -113,8 +155,9 @@ def dialogue(rng: random.Random, n_val: int) -> tuple[list, list]:
 
 def write(recipe: str, out: Path, *, seed: int = 0, n_val: int = 100) -> tuple[Path, Path]:
     """Write OUT/RECIPE_train.jsonl and OUT/RECIPE_val.jsonl; returns their paths."""
-    train, val = {"translation": translation, "extraction": extraction,
-                  "dialogue": dialogue}[recipe](random.Random(seed), n_val)  # fmt: skip
+    make = {"translation": translation, "extraction": extraction, "dialogue": dialogue,
+            "extraction_tokens": extraction_tokens}[recipe]  # fmt: skip
+    train, val = make(random.Random(seed), n_val)
     out.mkdir(parents=True, exist_ok=True)
     paths = out / f"{recipe}_train.jsonl", out / f"{recipe}_val.jsonl"
     for path, rows in zip(paths, (train, val), strict=True):

@@ -4,6 +4,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -140,6 +141,59 @@ def test_recipe_runs_small(recipe, run_128, tmp_path):
     assert result["rows"] == 2 and 0.0 <= result["exact_match"] <= 1.0
     if recipe == "extraction":
         assert set(result) >= {"name_match", "date_match", "city_match", "amount_match"}
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_extraction_tags_spell_the_chat_rows_sentence_and_fields(tmp_path):
+    """extraction_tokens is extraction's rows as BIO tags: for every train and val row, the words
+    rejoined are the chat row's sentence, and the tagged spans are its JSON answer exactly."""
+    data, tags = _script("make_chat_data"), _script("score_tokens")
+    for recipe in ("extraction", "extraction_tokens"):
+        data.write(recipe, tmp_path)
+    bio = {"O"} | {f"{p}-{f}" for p in "BI" for f in ("NAME", "DATE", "CITY", "AMOUNT")}
+    for split in ("train", "val"):
+        chats = _rows(tmp_path / f"extraction_{split}.jsonl")
+        rows = _rows(tmp_path / f"extraction_tokens_{split}.jsonl")
+        assert len(rows) == len(chats) == {"train": 1500, "val": 100}[split]
+        for messages, row in zip(chats, rows, strict=True):
+            user, answer = messages["messages"]
+            assert len(row["tokens"]) == len(row["labels"]) and set(row["labels"]) <= bio
+            assert re.sub(r" ([.,:])", r"\1", " ".join(row["tokens"])) == user["content"]
+            assert len(tags.spans(row["labels"])) == 4  # one span per field, nothing else
+            assert tags.fields(row["tokens"], row["labels"]) == json.loads(answer["content"])
+
+
+def test_entity_f1_counts_exact_spans_and_fields_their_first_span():
+    tags = _script("score_tokens")
+    assert tags.spans(["B-NAME", "I-NAME", "O", "I-CITY", "B-CITY", None]) == [
+        ("NAME", 0, 2), ("CITY", 3, 4), ("CITY", 4, 5)]  # fmt: skip
+    row = {"tokens": ["Bo", "paid", "3", "in", "Oslo"],
+           "labels": ["B-NAME", "O", "B-AMOUNT", "O", "B-CITY"],
+           "label": ["B-NAME", "O", "B-AMOUNT", "B-CITY", "I-CITY"]}  # fmt: skip
+    result = tags.score([row, {**row, "label": row["labels"]}])
+    assert result["entity_f1"] == round(5 / 6, 4) and result["city_f1"] == 0.5
+    assert (result["name_match"], result["city_match"], result["exact_match"]) == (1, 0.5, 0.5)
+
+
+def test_extraction_tokens_recipe_runs_small(run_128, tmp_path):
+    """The token-classification side at toy scale: its data, preset (2 steps), predict, score."""
+    train, val = _script("make_chat_data").write("extraction_tokens", tmp_path, n_val=4)
+    finetune(load_config(os.path.join(ROOT, "configs/extraction_tokens.yaml"), [
+        *TINY, "model.block_size=128", f"finetune.init_from={run_128}",
+        f"finetune.train_file={train}", f"finetune.val_file={val}", "train.max_steps=2",
+        "train.warmup_steps=0", "train.eval_interval=0", f"train.out_dir={tmp_path}/run",
+    ]))  # fmt: skip
+    preds = tmp_path / "preds.jsonl"
+    argv = ["predict", str(tmp_path / "run"), "--input", str(val), "--output", str(preds)]
+    assert cli.main([*argv, "--device", "cpu"]) == 0
+    result = _script("score_tokens").score(_rows(preds))
+    assert result["rows"] == 4
+    for key in ("entity_f1", "exact_match", "name_match", "date_match", "city_match",
+                "amount_match"):  # fmt: skip
+        assert 0.0 <= result[key] <= 1.0, (key, result)
 
 
 @pytest.fixture(scope="module")
