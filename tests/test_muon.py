@@ -1,15 +1,10 @@
 """train.optimizer=muon: Muon owns the 2-D matrices inside the blocks and AdamW the rest; the
 pair steps, checkpoints and resumes as one optimizer; 2 gloo ranks == 1 rank; loss falls."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
 from conftest import TINY
+from test_pretrain import assert_resumed_exactly, losses, torchrun
 
 from gptkit import artifacts
 from gptkit.commands.pretrain import pretrain
@@ -24,11 +19,6 @@ MUON = [*TINY, "train.optimizer=muon", "train.warmup_steps=2", "train.lr=3e-3"]
 
 def config(data_dir, run_dir, *extra):
     return load_config(None, [*MUON, f"data.dir={data_dir}", f"train.out_dir={run_dir}", *extra])
-
-
-def losses(run_dir) -> dict[int, float]:
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def hidden(model) -> set[str]:
@@ -101,24 +91,12 @@ def test_resume_with_muon_matches_uninterrupted_run_exactly(tiny_data, tmp_path)
     saved = checkpoint.read_state(mid)["optimizer"]
     assert saved.keys() == {"muon", "adamw", "steps"} and saved["steps"] == 8
     pretrain(config(tiny_data, part, *common, f"train.resume={mid}"))
-    a, b = losses(full), losses(part)
-    assert sorted(b) == list(range(9, 17))
-    for step in b:
-        assert a[step] == b[step], (step, a[step], b[step])  # fp32 CPU: bitwise equal
-    wa = artifacts.read_weights(full / "checkpoints/step_000016/model.safetensors")
-    wb = artifacts.read_weights(part / "checkpoints/step_000016/model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_resumed_exactly(full, part)
 
 
 def test_resuming_an_adamw_run_with_muon_fails_clearly(tiny_data, tiny_run):
     with pytest.raises(GptkitError, match="state.pt does not fit this run"):
         pretrain(config(tiny_data, tiny_run, "train.max_steps=4"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 DIST = ["train.max_steps=6", "train.eval_interval=3", "train.ckpt_interval=3"]
@@ -139,11 +117,7 @@ def test_two_gloo_ranks_equal_one_rank_under_muon(tiny_data, tmp_path, one_rank,
     two = tmp_path / "two"
     args = [*MUON, *DIST, f"data.dir={tiny_data}", f"train.out_dir={two}",
             f"train.strategy={strategy}"]  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={_free_port()}", "-m", "gptkit", "pretrain", *args],
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun(args)
     a, b = losses(one_rank), losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
