@@ -78,14 +78,19 @@ def _add_prepare_args(p):
     p.add_argument("--force", action="store_true", help="overwrite a finished output folder")
 
 
+def _add_sampling_args(p, max_new_help: str, temperature_default: str):
+    """The length and sampling flags that sample, chat and eval --generate share."""
+    p.add_argument("--max-new-tokens", type=int, help=max_new_help)
+    p.add_argument("--temperature", type=float, help=f"0 = greedy (default {temperature_default})")
+    p.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+
+
 def _add_sample_args(p):
     p.add_argument("path", help=_MODEL_PATH)
     p.add_argument("--prompt", help="text to continue ('-' reads stdin)")
     p.add_argument("--prompt-file", help="read the prompt from this file ('-' reads stdin)")
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, help="keep the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+    _add_sampling_args(p, "tokens to generate (default 200)", "0.8")
     p.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--num-samples", type=int, help="samples generated together")
@@ -100,10 +105,7 @@ def _add_sample_args(p):
 def _add_chat_args(p):
     p.add_argument("path", help="chat model: " + _MODEL_PATH)
     p.add_argument("--system", help="system prompt, kept when old turns drop out of the context")
-    p.add_argument("--max-new-tokens", type=int, help="most tokens per reply (default 200)")
-    p.add_argument("--temperature", type=float, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, help="keep the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+    _add_sampling_args(p, "most tokens per reply (default 200)", "0.8")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", default="auto", help=_DEVICE)
     p.add_argument(
@@ -147,10 +149,7 @@ def _add_eval_args(p):
         metavar="OUT.jsonl",
         help="write every row with its output and per-row scores ('-': stdout)",
     )
-    g.add_argument("--max-new-tokens", type=int, help="tokens to generate per row (default 64)")
-    g.add_argument("--temperature", type=float, help="0 = greedy (default 0)")
-    g.add_argument("--top-k", type=int, help="keep the k most likely tokens")
-    g.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+    _add_sampling_args(g, "tokens to generate per row (default 64)", "0")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, help="random seed (default 1337)")
     t = p.add_argument_group("--tasks")
