@@ -116,8 +116,8 @@ def main():
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
-    wanted = [s for s in args.settings.split(",")]
-    settings = [s for s in wanted if {"nanogpt": args.nanogpt, "before": args.before}.get(s, 1)]
+    optional = {"nanogpt": args.nanogpt, "before": args.before}  # run only when given
+    settings = [s for s in args.settings.split(",") if optional.get(s, True)]
     peak = matmul_peak()
     results = {}
     for s in settings:

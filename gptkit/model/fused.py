@@ -19,6 +19,8 @@ resume and activation checkpointing (which restores that generator) stay exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,9 +39,7 @@ def use_fused(x: torch.Tensor, p: float, training: bool) -> bool:
 def keep_mask(shape, p: float, device=None) -> tuple[torch.Tensor, float]:
     """A boolean mask of `shape` keeping each element with probability ~1 - p, and 1 / that
     probability (exact for the 16-bit threshold used)."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     words.random_(-(2**63), None)  # 64 uniform bits per draw
     dropped = round(p * 65536)  # of 65536 equally likely 16-bit values, this many drop
