@@ -1,12 +1,14 @@
-"""Sampling speed: gptkit's KV-cache `generate` vs recomputing the whole context every step.
+"""Sampling speed: gptkit's `generate` (KV cache + `Decoder`) vs its module path vs recompute.
 
     python scripts/bench_sample.py                      # 6L/384/6h, block 1024, 512 new tokens
     python scripts/bench_sample.py --new-tokens 32      # quick check
     python scripts/bench_sample.py --block-size 256 --vocab-size 65 --new-tokens 500 \
         --batch-sizes 1                                 # nanoGPT's baby GPT (char)
 
-The baseline is nanoGPT's `generate`: crop to block_size, full forward, LM head on the last
-position only. Random fp32 weights, one-token prompt. Run it alone: numbers taken on shared cores
+Side by side in one run: `generate` as it is (one-token steps through decode.py's `Decoder`),
+the same with every step through the modules (how gptkit decoded before decode.py), and
+nanoGPT's `generate` (crop to block_size, full forward, LM head on the last position only).
+Two floors: reading the weights once (a `sum`), and the step's weight GEMVs alone. Random fp32 weights, one-token prompt. Run it alone: numbers taken on shared cores
 are meaningless. Prints a markdown table with the command and the machine.
 """
 
@@ -20,7 +22,7 @@ import time
 
 import torch
 
-from gptkit.model import fused
+from gptkit.model.decode import Decoder
 from gptkit.model.generate import generate, sample_next
 from gptkit.model.gpt import GPT, GPTConfig
 
@@ -45,14 +47,15 @@ def cached(model: GPT, idx: torch.Tensor, new_tokens: int, generator) -> torch.T
     return torch.cat([idx, torch.stack(cols, dim=1)], dim=1)
 
 
-def plain_linear(model, idx, new_tokens, generator):
-    """gptkit's cached generate with every Linear through F.linear (BLAS's one-thread GEMV)."""
-    fast = fused.linear
-    fused.linear = lambda layer, x: layer(x)
+def modules(model, idx, new_tokens, generator):
+    """gptkit's cached generate with every step through the modules (no `Decoder`): how it
+    decoded before decode.py, with BLAS's one-thread GEMVs."""
+    build = Decoder.build
+    Decoder.build = staticmethod(lambda model: None)
     try:
         return cached(model, idx, new_tokens, generator)
     finally:
-        fused.linear = fast
+        Decoder.build = build
 
 
 def weight_read_floor(model: GPT) -> tuple[float, float]:
@@ -65,6 +68,24 @@ def weight_read_floor(model: GPT) -> tuple[float, float]:
         flat.sum()
         best = min(best, time.perf_counter() - t)
     return flat.numel() * flat.element_size(), best
+
+
+def gemv_seconds(model: GPT) -> float:
+    """Seconds for one pass of the decode step's weight GEMVs (every layer's projections and
+    the LM head) through `Decoder`'s kernels at batch 1, the best of 20: the step's floor
+    with these kernels, every other op removed."""
+    decoder = Decoder(model)
+    linears = [lin for layer in decoder.layers for lin in vars(layer).values()
+               if hasattr(lin, "weight")] + [decoder.head]  # fmt: skip
+    inputs = [torch.randn(1, lin.weight.shape[1]) for lin in linears]
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(20):
+            t = time.perf_counter()
+            for lin, x in zip(linears, inputs, strict=True):
+                lin(x)
+            best = min(best, time.perf_counter() - t)
+    return best
 
 
 def tokens_per_second(fn, model, batch: int, new_tokens: int) -> float:
@@ -120,15 +141,20 @@ def main(argv=None):
         f"weights: {size / 1e6:.0f} MB, read once in {seconds * 1e3:.2f} ms "
         f"({size / seconds / 1e9:.1f} GB/s): at most {1 / seconds:,.0f} tok/s at batch 1\n"
     )
-    print("| batch | KV cache tok/s | KV cache, F.linear GEMV tok/s | full recompute tok/s "
-          "| vs F.linear | vs recompute |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|")
+    gemvs = gemv_seconds(model)
+    print(
+        f"the step's weight GEMVs alone (Decoder's split GEMVs, batch 1): {gemvs * 1e3:.2f} ms: "
+        f"at most {1 / gemvs:,.0f} tok/s with these kernels\n"
+    )
+    print("| batch | KV cache, Decoder tok/s | KV cache, modules tok/s | full recompute tok/s "
+          "| vs modules | vs recompute | x bandwidth limit |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         fast = tokens_per_second(cached, model, batch, args.new_tokens)
-        plain = tokens_per_second(plain_linear, model, batch, args.new_tokens)
+        plain = tokens_per_second(modules, model, batch, args.new_tokens)
         slow = tokens_per_second(recompute, model, batch, args.new_tokens)
         print(f"| {batch} | {fast:,.1f} | {plain:,.1f} | {slow:,.1f} | {fast / plain:.2f}x | "
-              f"{fast / slow:.1f}x |", flush=True)  # fmt: skip
+              f"{fast / slow:.1f}x | {fast * seconds / batch:.2f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

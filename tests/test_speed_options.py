@@ -1,5 +1,5 @@
-"""The CPU speed paths compute what the plain ones do: fused dropout and attention, the
-per-core decode GEMV, and activation checkpointing (same gradients)."""
+"""The speed paths compute what the plain ones do: fused dropout and attention, the one-token
+`Decoder` with its per-core GEMV, and activation checkpointing (same gradients)."""
 
 import contextlib
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptkit.model import fused
+from gptkit.model import decode, fused
 from gptkit.model.generate import generate
 from gptkit.model.gpt import GPT, GPTConfig
 
@@ -102,30 +102,88 @@ def test_activation_checkpointing_gives_the_same_gradients(family):
 @pytest.fixture
 def split_small(monkeypatch):
     """Let the per-core GEMV run on test-sized matrices too."""
-    monkeypatch.setattr(fused, "SPLIT_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(decode, "SPLIT_MIN_WEIGHTS", 0)
 
 
-def test_decode_gemv_split_equals_linear(split_small):
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_decode_gemv_split_equals_linear(split_small, rows):
     layer = torch.nn.Linear(32, 96)
-    x = torch.randn(1, 1, 32)
+    x = torch.randn(rows, 32)
     with threads(2), torch.no_grad():
-        torch.testing.assert_close(fused.linear(layer, x), layer(x), rtol=1e-5, atol=1e-6)
+        lin = decode._Linear(layer.weight, layer.bias)
+        assert lin.threads == 2
+        torch.testing.assert_close(lin(x), layer(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_greedy_text_is_unchanged_by_the_decode_gemv(family, split_small):
-    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=97, family=family)
+FAMILIES = {
+    "gpt2": dict(family="gpt2"),
+    "llama": dict(family="llama", n_head=4, n_kv_head=2),  # RoPE, SwiGLU, grouped-query
+    "modern": dict(family="modern", n_head=4, n_kv_head=1),  # QK-norm, ReLU², soft cap
+}
+
+
+def _sharp_model(family: str) -> GPT:
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=97)
+    cfg = GPTConfig(**{**shape, **FAMILIES[family]})
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     for p in model.parameters():  # larger weights: greedy text that is not one repeated token
-        p.data.mul_(4)
-    idx = torch.randint(0, 97, (1, 5))
+        p.data.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_decoder_computes_what_the_modules_compute(family, padded, n_threads, split_small):
+    """Logits and the KV cache after each one-token step: Decoder == the module path, for every
+    family, left-padded batches (per-row positions, padding never attended) or not."""
+    model = _sharp_model(family)
+    idx = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]) if padded else None
+    steps = torch.randint(0, 97, (6, 2), generator=torch.Generator().manual_seed(2))
+    caches = [model.new_cache(2, max_len=11) for _ in range(2)]
+    with threads(n_threads), torch.no_grad():
+        decoder = decode.Decoder.build(model)
+        for cache in caches:
+            model.transformer(idx, attention_mask=mask, cache=cache)  # prefill
+        for tok in steps:
+            h = model.transformer(tok[:, None], cache=caches[0])
+            want = model.head(h, wte=model.transformer.wte.weight)[:, -1]
+            got = decoder.step(tok, caches[1])
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert caches[0].pos == caches[1].pos == 11
+    for a, b in zip(caches[0].k + caches[0].v, caches[1].k + caches[1].v, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(caches[0].keep, caches[1].keep)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_greedy_text_is_unchanged_by_the_decoder(family, split_small, monkeypatch):
+    model = _sharp_model(family)
+    idx = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(1))
     out = {}
-    for n in (1, 2):  # one thread: plain F.linear; two: one GEMV per core
-        with threads(n):
-            out[n] = torch.stack(list(generate(model, idx, max_new_tokens=40, temperature=0)), 1)
-    assert len(set(out[1][0].tolist())) > 3
-    assert torch.equal(out[1], out[2])
+    with threads(2):  # the Decoder with one GEMV per core ...
+        out["decoder"] = torch.stack(list(generate(model, idx, max_new_tokens=40, temperature=0)))
+        monkeypatch.setattr(decode.Decoder, "build", staticmethod(lambda model: None))
+        out["modules"] = torch.stack(list(generate(model, idx, max_new_tokens=40, temperature=0)))
+    assert len(set(out["modules"].flatten().tolist())) > 3  # ... vs every step through the modules
+    assert torch.equal(out["decoder"], out["modules"])
+
+
+def test_decoder_leaves_unmerged_lora_and_other_heads_to_the_modules():
+    from gptkit.model import lora
+    from gptkit.model.heads import swap_head
+
+    model = _sharp_model("gpt2")
+    assert decode.Decoder.build(model) is not None
+    assert decode.Decoder.build(model.train()) is None  # dropout: not a decoding model
+    lora.inject(model.eval(), rank=2, alpha=4)
+    assert decode.Decoder.build(model) is None
+    lora.merge(model)
+    assert decode.Decoder.build(model) is not None
+    classifier = swap_head(model, {"name": "classification", "num_labels": 2})
+    assert decode.Decoder.build(classifier) is None
 
 
 def test_pretrain_with_activation_checkpointing_has_the_same_losses(tiny_data, tmp_path):

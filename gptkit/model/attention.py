@@ -73,9 +73,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, *, mask=None, rope=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
-        q, k, v = fused.linear(self.c_attn, x).split(
-            [self.n_head * self.hs, *[self.n_kv_head * self.hs] * 2], 2
-        )
+        sizes = [self.n_head * self.hs, self.n_kv_head * self.hs, self.n_kv_head * self.hs]
+        q, k, v = self.c_attn(x).split(sizes, 2)
         q = q.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)
@@ -102,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         y = fused.attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=self.dropout,
                             training=self.training)  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, nh, T, hs) -> (B, T, nh * hs)
-        return self.resid_dropout(fused.linear(self.c_proj, y))
+        return self.resid_dropout(self.c_proj(y))
 
 
 def cached_padding(cache: KVCache, attention_mask, B: int, T: int):

@@ -130,35 +130,3 @@ def attention(q, k, v, *, mask=None, is_causal=True, dropout_p=0.0, training=Fal
         return _Attention.apply(q, k, v, mask, dropout_p)
     p = dropout_p if training else 0.0
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
-
-
-# Below this many weights a matrix stays in cache and one thread is faster (a 48-wide model
-# decoded ~1.3x slower with the split).
-SPLIT_MIN_WEIGHTS = 2**16
-
-
-def linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`; a decoding step on a multi-core CPU runs as one GEMV per core.
-
-    A matrix-vector product (one or two token rows, no autograd) reads every weight once and is
-    bound by memory bandwidth, but BLAS runs it on one thread: the baby GPT's 24 decode GEMVs
-    stream 42 MB at ~14 GB/s on one core vs ~22 GB/s with both. Splitting the output rows
-    into one batch entry per thread lets `bmm` use every core; each output is the same dot
-    product of a weight row and the input."""
-    threads = torch.get_num_threads()
-    rows = x.numel() // x.shape[-1] if x.numel() else 0
-    if (
-        type(layer) is not torch.nn.Linear
-        or threads < 2
-        or not 0 < rows <= 2
-        or x.device.type != "cpu"
-        or torch.is_grad_enabled()
-        or layer.weight.shape[0] % threads
-        or layer.weight.numel() < SPLIT_MIN_WEIGHTS
-    ):
-        return layer(x)
-    w, b = layer.weight, layer.bias
-    w3 = w.view(threads, -1, w.shape[1])
-    x3 = x.reshape(rows, -1).t().expand(threads, -1, -1)
-    out = torch.bmm(w3, x3) if b is None else torch.baddbmm(b.view(threads, -1, 1), w3, x3)
-    return out.view(w.shape[0], rows).t().reshape(*x.shape[:-1], w.shape[0])

@@ -1,6 +1,7 @@
 """Autoregressive sampling with the KV cache: `generate(model, idx, ...)` yields token columns.
 
-The prompt is prefilled once, then each step feeds one token. A full cache cannot be shifted
+The prompt is prefilled once through the modules, then each step feeds one token through
+`Decoder` (decode.py: the same values with far fewer ops). A full cache cannot be shifted
 exactly (see `_advance`): when it fills up, the context slides by re-prefilling
 the last `block_size // 2` tokens (one re-prefill per block_size // 2 new tokens keeps the cost
 per token within ~2x of a pure cached step). Call `model.eval()` first; the model is not changed.
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from gptkit.model.decode import Decoder
 from gptkit.model.gpt import GPT
 
 
@@ -91,6 +93,7 @@ def generate(
     if attention_mask is not None:
         keep[:, :T0] = attention_mask.bool()
     cache = model.new_cache(B, max_len=T0 + max_new_tokens)
+    decoder = Decoder.build(model)  # None: every step through the modules (e.g. LoRA layers)
     start = max(0, T0 - model.config.block_size)
     logits = _forward(model, cache, seq[:, start:T0], keep[:, start:T0])
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -107,13 +110,15 @@ def generate(
         yield tok
         if n + 1 == T0 + max_new_tokens or (eot_id is not None and bool(finished.all())):
             return
-        logits = _advance(model, cache, seq[:, : n + 1], keep[:, : n + 1])
+        logits = _advance(model, decoder, cache, seq[:, : n + 1], keep[:, : n + 1])
 
 
-def _advance(model: GPT, cache, seq: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _advance(model: GPT, decoder, cache, seq: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Feed the newest token of `seq`; when the cache is full, slide the window instead."""
     block = model.config.block_size
     if cache.pos < block:
+        if decoder is not None:
+            return decoder.step(seq[:, -1], cache)
         return _forward(model, cache, seq[:, -1:])
     # A full cache is rebuilt from the newest tokens. Learned positions cannot shift at all;
     # RoPE keys could (scores depend on relative positions only), but the cached keys of every

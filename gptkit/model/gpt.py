@@ -40,6 +40,15 @@ def norm_layer(config: GPTConfig, dim: int) -> nn.Module:
     )
 
 
+def activation(kind: str, up: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """The MLP's nonlinearity on its up-projection: silu(gate) * up, relu(up)^2 or GELU (tanh)."""
+    if kind == "swiglu":
+        return F.silu(gate) * up
+    if kind == "relu2":
+        return F.relu(up).square()
+    return F.gelu(up, approximate="tanh")
+
+
 class MLP(nn.Module):
     """GELU (GPT-2), SwiGLU (Llama: silu(gate) * up) or ReLU squared (modded-nanogpt)."""
 
@@ -53,14 +62,8 @@ class MLP(nn.Module):
         self.dropout = fused.Dropout(config.dropout)
 
     def forward(self, x):
-        h = fused.linear(self.c_fc, x)
-        if self.kind == "swiglu":
-            h = F.silu(fused.linear(self.c_gate, x)) * h
-        elif self.kind == "relu2":
-            h = F.relu(h).square()
-        else:
-            h = F.gelu(h, approximate="tanh")
-        return self.dropout(fused.linear(self.c_proj, h))
+        gate = self.c_gate(x) if self.kind == "swiglu" else None
+        return self.dropout(self.c_proj(activation(self.kind, self.c_fc(x), gate)))
 
 
 class Block(nn.Module):

@@ -10,9 +10,10 @@ tokens and never attends padding, so a row computes what it would alone). Betwee
 - when `pos` reaches the end of the cache, the padding common to every row is cut (a left
   shift); a sequence ends with "length" once prompt + completion fill the context, so there is
   always some.
-A step is ONE forward of one new token per active row, then `sample_next` per group of rows that
-share their settings. Torch work happens only in the engine thread; the event loop hands jobs in
-through a bounded queue (`submit`) and gets events back through each job's asyncio queue.
+A step is ONE forward of one new token per active row (decode.py's `Decoder`), then
+`sample_next` per group of rows that share their settings. Torch work happens only in the
+engine thread; the event loop hands jobs in through a bounded queue (`submit`) and gets events
+back through each job's asyncio queue.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 
 import torch
 
+from gptkit.model.decode import Decoder
 from gptkit.model.generate import sample_next
 from gptkit.serve.sequence import Event, Job, Sequence
 
@@ -42,6 +44,7 @@ class Engine:
         self.device = model.transformer.wte.weight.device
         self.cache = model.new_cache(max_batch)
         self.cache.padded = True  # rows always go through the per-row padding path
+        self.decoder = Decoder.build(model)  # one-token steps with few ops (None: the modules)
         self.rows: list[Sequence] = []  # the sequence in each active cache row
         self.logits: torch.Tensor | None = None  # (n, V) next-token logits of the active rows
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
@@ -152,8 +155,11 @@ class Engine:
             return
         if self.cache.pos == self.cache.keep.shape[1]:
             self._cut_common_padding()
-        idx = torch.tensor([[tokens[i]] for i in alive], device=self.device)
-        self.logits = self._forward(idx, self.cache)
+        idx = torch.tensor([tokens[i] for i in alive], device=self.device)
+        if self.decoder is not None:
+            self.logits = self.decoder.step(idx, self.cache)
+        else:
+            self.logits = self._forward(idx[:, None], self.cache)
 
     def _forward(self, idx: torch.Tensor, cache) -> torch.Tensor:
         """Append `idx` (B, T) to `cache` -> logits (B, V) of the last position."""
