@@ -8,8 +8,10 @@ The baby GPT of nanoGPT's `config/train_shakespeare_char.py`: 6 layers, 6 heads,
 `--steps` timed steps. Reports tokens/s, ms/step, model GFLOP/s with nanoGPT's formula
 (6N + 12·L·C·T per token), that as a fraction of the fp32 matmul peak measured in the same run
 (before and after), and peak RSS. With `--nanogpt`, nanoGPT's own `model.py` (a checkout's
-file; its optimizer from `configure_optimizers`) runs the same batches. Run it alone: numbers
-taken while anything else uses the cores are meaningless.
+file; its optimizer from `configure_optimizers`) runs the same batches; `nanogpt_mmap` runs it
+again under the fixed glibc mmap threshold gptkit sets for itself (runtime.fix_mmap_threshold),
+and `eager_dynamic` runs gptkit without it, so the allocator's share of the memory difference
+shows apart. Run it alone: numbers taken while anything else uses the cores are meaningless.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import torch
 BABY = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
 SETTINGS = {
     "nanogpt": "nanoGPT `model.py`, eager",
+    "nanogpt_mmap": "nanoGPT `model.py`, eager, `MALLOC_MMAP_THRESHOLD_=1048576`",
     "before": "gptkit at `--before` (another checkout), eager",
     "eager": "gptkit, eager (default)",
+    "eager_dynamic": "gptkit, eager, glibc's dynamic mmap threshold (as before)",
     "compile": "gptkit, `train.compile: true`",
     "checkpoint": "gptkit, `train.activation_checkpointing: blocks`",
 }
@@ -50,7 +54,7 @@ def matmul_peak(dtype=torch.float32, n=2048, reps=10) -> float:
 
 def build(setting: str, args):
     """(model, optimizer, loss_fn, flops_per_token) for one setting."""
-    if setting == "nanogpt":
+    if setting.startswith("nanogpt"):
         spec = importlib.util.spec_from_file_location("nanogpt_model", args.nanogpt)
         nano = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(nano)
@@ -62,6 +66,11 @@ def build(setting: str, args):
     from gptkit.model.gpt import GPT, GPTConfig
     from gptkit.train.optim import build_optimizer
     from gptkit.train.tasks import lm_loss
+
+    if setting not in ("before", "eager_dynamic"):  # as runtime.setup does for every command
+        from gptkit.train.runtime import fix_mmap_threshold
+
+        fix_mmap_threshold()
 
     cfg = GPTConfig(**BABY, pad_vocab_to=1, dropout=args.dropout,
                     )  # fmt: skip
@@ -116,13 +125,16 @@ def main():
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
-    optional = {"nanogpt": args.nanogpt, "before": args.before}  # run only when given
+    # run only when given
+    optional = {"nanogpt": args.nanogpt, "nanogpt_mmap": args.nanogpt, "before": args.before}
     settings = [s for s in args.settings.split(",") if optional.get(s, True)]
     peak = matmul_peak()
     results = {}
     for s in settings:
         cmd = [sys.executable, __file__, "--one", s, *sys.argv[1:]]
         env = dict(os.environ)
+        if s == "nanogpt_mmap":
+            env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
         if s == "before":  # that checkout's gptkit shadows this one
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.before, env.get("PYTHONPATH")]))
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -1,7 +1,11 @@
-"""The speed paths compute what the plain ones do: fused dropout and attention, the one-token
-`Decoder` with its per-core GEMV, and activation checkpointing (same gradients)."""
+"""The speed paths compute what the plain ones do: fused dropout and attention, the MLP's
+activation recomputed in backward, the one-token `Decoder` with its per-core GEMV, and
+activation checkpointing (same gradients)."""
 
 import contextlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -97,6 +101,55 @@ def test_activation_checkpointing_gives_the_same_gradients(family):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "relu2", "swiglu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_activation_linear_equals_autograd_and_keeps_no_activation(kind, bias):
+    from gptkit.model.gpt import activation
+
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(24, 8, bias=bias)
+    up = torch.randn(2, 5, 24, generator=g, requires_grad=True)
+    gate = torch.randn(2, 5, 24, generator=g, requires_grad=True) if kind == "swiglu" else None
+    out = torch.randn(2, 5, 8, generator=g)
+
+    def act(u, gt):
+        return activation(kind, u, gt)
+
+    grads, kept = [], []  # kept: how many activation-sized tensors each kept for backward
+    for fn in (lambda: layer(act(up, gate)), lambda: fused.activation_linear(act, up, gate, layer)):
+        for t in (up, gate, *layer.parameters()):
+            if t is not None:
+                t.grad = None
+        saved = []
+
+        def pack(t, saved=saved):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = fn()
+        (y * out).sum().backward()
+        grads.append([t.grad for t in (up, gate, *layer.parameters()) if t is not None])
+        kept.append(saved.count(up.numel()))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # autograd also keeps the activation (for the projection's weight gradient) and, for relu2
+    # and swiglu, an intermediate; the fused kernel keeps up [and gate] only
+    assert kept == {"gelu": [2, 1], "relu2": [3, 1], "swiglu": [4, 2]}[kind]
+
+
+def test_activation_linear_with_a_frozen_projection():
+    """LoRA-style finetuning: the projection is frozen, the input still gets its gradient."""
+    layer = torch.nn.Linear(16, 4).requires_grad_(False)
+    up = torch.randn(3, 16, requires_grad=True)
+    want = torch.autograd.grad(layer(torch.relu(up)).sum(), up)[0]
+    got = torch.autograd.grad(
+        fused.activation_linear(lambda u, _: torch.relu(u), up, None, layer).sum(), up
+    )[0]
+    torch.testing.assert_close(got, want)
+    assert layer.weight.grad is None
 
 
 @pytest.fixture
@@ -206,3 +259,35 @@ def test_pretrain_with_activation_checkpointing_has_the_same_losses(tiny_data, t
         curves.append([r["loss"] for r in rows if "loss" in r])
     assert len(curves[0]) == 4
     torch.testing.assert_close(curves[0], curves[1], rtol=1e-5, atol=0)
+
+
+MMAP_PROBE = """
+import ctypes, sys, torch
+from gptkit.train.runtime import fix_mmap_threshold
+print(fix_mmap_threshold() if sys.argv[1] == "fix" else None)
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+big = torch.empty(16 << 20, dtype=torch.uint8)
+del big  # freeing a mapped block raises glibc's threshold to its size
+before = libc.mallinfo2().hblkhd  # bytes in mmapped blocks
+x = torch.empty(4 << 20, dtype=torch.uint8)
+print(libc.mallinfo2().hblkhd - before >= 4 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+def test_fixed_mmap_threshold_keeps_big_tensors_out_of_the_heap():
+    """After a big tensor is freed, glibc serves the next ones (< 32 MiB) from the heap, which
+    keeps freed holes; runtime.setup fixes the threshold so they stay mapped (unmapped on free)."""
+
+    def probe(mode, **env):
+        run = subprocess.run([sys.executable, "-c", MMAP_PROBE, mode], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=True)  # fmt: skip
+        return run.stdout.split()
+
+    assert probe("dynamic") == ["None", "False"]  # the heap took it
+    assert probe("fix") == ["True", "True"]  # its own mapping
+    assert probe("fix", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"  # the user's choice stays

@@ -63,7 +63,10 @@ class MLP(nn.Module):
 
     def forward(self, x):
         gate = self.c_gate(x) if self.kind == "swiglu" else None
-        return self.dropout(self.c_proj(activation(self.kind, self.c_fc(x), gate)))
+        return self.dropout(fused.activation_linear(self.act, self.c_fc(x), gate, self.c_proj))
+
+    def act(self, up, gate):
+        return activation(self.kind, up, gate)
 
 
 class Block(nn.Module):
