@@ -124,7 +124,7 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model (CPU: a cold compile costs ~30 s; see README Benchmarks)"""
     activation_checkpointing: Literal["none", "blocks"] = "none"
-    """blocks: keep only each block's input and recompute it in backward (less memory, ~10% slower)"""
+    """blocks: keep each block's input, recompute it in backward (baby GPT: 0.45× RSS, 1.35× time)"""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """multi-process strategy under torchrun"""
     init_from: str | None = None

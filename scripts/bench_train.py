@@ -67,7 +67,7 @@ def build(setting: str, args):
     from gptkit.train.optim import build_optimizer
     from gptkit.train.tasks import lm_loss
 
-    if setting not in ("before", "eager_dynamic"):  # as runtime.setup does for every command
+    if setting not in ("before", "eager_dynamic"):  # as runtime.setup does (pretrain, finetune)
         from gptkit.train.runtime import fix_mmap_threshold
 
         fix_mmap_threshold()
