@@ -166,6 +166,19 @@ def test_decode_gemv_split_equals_linear(split_small, rows):
         lin = decode._Linear(layer.weight, layer.bias)
         assert lin.threads == 2
         torch.testing.assert_close(lin(x), layer(x), rtol=1e-5, atol=1e-6)
+        strided = torch.randn(32, rows).t()  # not contiguous
+        torch.testing.assert_close(lin(strided), layer(strided), rtol=1e-5, atol=1e-6)
+
+
+def test_a_full_kv_cache_is_refused_on_both_paths():
+    model = _sharp_model("gpt2")
+    cache = model.new_cache(1, max_len=4)
+    with torch.no_grad():
+        model.transformer(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="KV cache"):
+            model.transformer(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="KV cache"):
+            decode.Decoder(model).step(torch.zeros(1, dtype=torch.long), cache)
 
 
 FAMILIES = {
@@ -291,3 +304,4 @@ def test_fixed_mmap_threshold_keeps_big_tensors_out_of_the_heap():
     assert probe("dynamic") == ["None", "False"]  # the heap took it
     assert probe("fix") == ["True", "True"]  # its own mapping
     assert probe("fix", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"  # the user's choice stays
+    assert probe("fix", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536")[0] == "False"

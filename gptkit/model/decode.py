@@ -56,6 +56,7 @@ class _Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.threads or x.shape[0] > 2:
             return F.linear(x, self.weight, self.bias)
+        x = x.contiguous()  # the strides below assume it (free when it already is)
         rows, n = x.shape
         # x.t() repeated per thread without a copy; BLAS wants this layout (x.view(1, n, 1)
         # expanded to the same shape runs ~4x slower)

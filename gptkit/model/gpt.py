@@ -108,6 +108,8 @@ class Backbone(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
             )
+        if cache is not None and start + T > cache.keep.shape[1]:
+            raise ValueError(f"{start + T} tokens do not fit a KV cache of {cache.keep.shape[1]}")
         mask = None
         if segments is not None:
             assert cache is None and attention_mask is None, "segments are for packed training rows"

@@ -89,9 +89,12 @@ MMAP_THRESHOLD = 1 << 20
 
 
 def fix_mmap_threshold() -> bool:
-    """Fix glibc's mmap threshold at MMAP_THRESHOLD (not when MALLOC_MMAP_THRESHOLD_ is set, or
-    without glibc); True when it was set."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD (not when the user set one through
+    MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES, or without glibc); True when it was set."""
+    chosen = "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    )
+    if chosen or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
