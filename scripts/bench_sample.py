@@ -8,8 +8,9 @@
 Side by side in one run: `generate` as it is (one-token steps through decode.py's `Decoder`),
 the same with every step through the modules (how gptkit decoded before decode.py), and
 nanoGPT's `generate` (crop to block_size, full forward, LM head on the last position only).
-Two floors: reading the weights once (a `sum`), and the step's weight GEMVs alone. Random fp32 weights, one-token prompt. Run it alone: numbers taken on shared cores
-are meaningless. Prints a markdown table with the command and the machine.
+Two floors: reading the weights once (a `sum`), and the step's weight GEMVs alone. Random fp32
+weights, one-token prompt. Run it alone: numbers taken on shared cores are meaningless. Prints
+a markdown table with the command and the machine.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def gemv_seconds(model: GPT) -> float:
     the LM head) through `Decoder`'s kernels at batch 1, the best of 20: the step's floor
     with these kernels, every other op removed."""
     decoder = Decoder(model)
-    linears = [lin for layer in decoder.layers for lin in vars(layer).values()
-               if hasattr(lin, "weight")] + [decoder.head]  # fmt: skip
+    linears = [lin for layer in decoder.layers
+               for lin in (layer.qkv, layer.proj, layer.up, layer.gate, layer.down)
+               if lin is not None] + [decoder.head]  # fmt: skip
     inputs = [torch.randn(1, lin.weight.shape[1]) for lin in linears]
     best = float("inf")
     with torch.no_grad():

@@ -31,7 +31,7 @@ import torch
 BABY = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
 SETTINGS = {
     "nanogpt": "nanoGPT `model.py`, eager",
-    "nanogpt_mmap": "nanoGPT `model.py`, eager, `MALLOC_MMAP_THRESHOLD_=1048576`",
+    "nanogpt_mmap": "nanoGPT `model.py`, eager, gptkit's mmap threshold (`MALLOC_MMAP_THRESHOLD_`)",
     "before": "gptkit at `--before` (another checkout), eager",
     "eager": "gptkit, eager (default)",
     "eager_dynamic": "gptkit, eager, glibc's dynamic mmap threshold (as before)",
@@ -68,7 +68,7 @@ def build(setting: str, args):
     from gptkit.train.tasks import lm_loss
 
     if setting not in ("before", "eager_dynamic"):  # as runtime.setup does (pretrain, finetune)
-        from gptkit.train.runtime import fix_mmap_threshold
+        from gptkit.train.runtime import fix_mmap_threshold  # not in --before's checkout
 
         fix_mmap_threshold()
 
@@ -126,6 +126,8 @@ def main():
         print(json.dumps(run_one(args.one, args)))
         return
     # run only when given
+    from gptkit.train import runtime  # this checkout's, after --one (which may be --before's)
+
     optional = {"nanogpt": args.nanogpt, "nanogpt_mmap": args.nanogpt, "before": args.before}
     settings = [s for s in args.settings.split(",") if optional.get(s, True)]
     peak = matmul_peak()
@@ -134,7 +136,7 @@ def main():
         cmd = [sys.executable, __file__, "--one", s, *sys.argv[1:]]
         env = dict(os.environ)
         if s == "nanogpt_mmap":
-            env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
+            env["MALLOC_MMAP_THRESHOLD_"] = str(runtime.MMAP_THRESHOLD)
         if s == "before":  # that checkout's gptkit shadows this one
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.before, env.get("PYTHONPATH")]))
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -31,6 +31,11 @@ class KVCache:
         self.padded = False
         self.pos = 0  # number of positions already stored
 
+    def check_room(self, n: int):
+        """ValueError unless `n` more positions fit (the cache is at most block_size long)."""
+        if self.pos + n > self.keep.shape[1]:
+            raise ValueError(f"{self.pos + n} tokens do not fit a KV cache of {self.keep.shape[1]}")
+
     def reset(self):
         self.pos, self.padded = 0, False
         self.keep.fill_(True)

@@ -107,8 +107,8 @@ class Decoder:
         self.wpe = tr.wpe.weight if c.pos_emb == "learned" else None
         self.layers = [_Layer(block) for block in tr.h]
         self.ln_f = _norm(tr.ln_f)
+        self.lm_head = model.head  # its crop and soft cap
         self.head = _Linear(self.wte if model.head.tied else model.head.weight, None)
-        self.vocab_size, self.softcap = model.head.vocab_size, model.head.softcap
 
     @classmethod
     def build(cls, model: GPT) -> Decoder | None:
@@ -128,17 +128,13 @@ class Decoder:
         A padded cache (`cache.padded`: prompts of different lengths, left-padded) numbers each
         row's positions from its own first real token and never attends its padding, as the
         module path does. The logits are an inference tensor: read them, do not train on them."""
+        cache.check_room(1)
         pos = cache.pos
-        if pos >= cache.keep.shape[1] or pos >= self.config.block_size:
-            raise ValueError(f"the KV cache is full ({pos} tokens)")
         x, rope, mask = self._embed(tok, cache)
         for i, layer in enumerate(self.layers):
             x = self._block(layer, x, cache.k[i], cache.v[i], pos, rope, mask)
         cache.pos += 1
-        logits = self.head(self.ln_f(x))[:, : self.vocab_size]
-        if self.softcap:
-            logits = self.softcap * torch.tanh(logits / self.softcap)
-        return logits
+        return self.lm_head.crop_and_cap(self.head(self.ln_f(x)))
 
     def _embed(self, tok, cache):
         """Token (+ position) embeddings (B, C), RoPE's cos and sin, the attention mask."""

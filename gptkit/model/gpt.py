@@ -108,8 +108,8 @@ class Backbone(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
             )
-        if cache is not None and start + T > cache.keep.shape[1]:
-            raise ValueError(f"{start + T} tokens do not fit a KV cache of {cache.keep.shape[1]}")
+        if cache is not None:
+            cache.check_room(T)
         mask = None
         if segments is not None:
             assert cache is None and attention_mask is None, "segments are for packed training rows"
@@ -162,7 +162,11 @@ class LMHead(nn.Module):
 
     def forward(self, h, *, wte=None, attention_mask=None):
         weight = wte if self.tied else self.weight
-        logits = F.linear(h, weight)[..., : self.vocab_size]
+        return self.crop_and_cap(F.linear(h, weight))
+
+    def crop_and_cap(self, logits):
+        """Projected logits -> the vocabulary's (padding dropped), soft-capped when asked."""
+        logits = logits[..., : self.vocab_size]
         if self.softcap:  # smooth clamp to (-cap, cap): keeps early training from spiking
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
